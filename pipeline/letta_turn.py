@@ -1,0 +1,123 @@
+"""One agent turn streamed from a Letta server, and the source stage that reads it.
+
+``AsyncLetta.agents.messages.stream()`` is a coroutine returning an ``AsyncStream``:
+:func:`start_turn` awaits it, so an unknown agent or an unreachable server raises
+*before* anything is streamed (a web view can still answer 404/502).
+
+Closing Letta's stream does not stop the run on the server — the model would keep
+working for nobody.  :func:`letta_source` therefore cancels the run through Letta's
+cancel API whenever the stream was not read to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+from letta_client import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncLetta,
+    AsyncStream,
+    omit,
+)
+
+from .events import Error
+from .source import CLOSE_TIMEOUT, read_source
+from .streams import Send
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class LettaTurn:
+    """An open stream of one turn of ``agent_id``; remembers the ``run_id`` once a chunk names it."""
+
+    client: AsyncLetta
+    agent_id: str
+    stream: AsyncStream[Any]
+    run_id: str | None = None
+
+    async def chunks(self) -> AsyncIterator[Any]:
+        """The stream's chunks, noting the run id on the way."""
+        async for chunk in self.stream:
+            run_id = getattr(chunk, "run_id", None)
+            if self.run_id is None and isinstance(run_id, str):
+                self.run_id = run_id
+            yield chunk
+
+    async def cancel_run(self) -> None:
+        """Ask Letta to stop this turn's run (all of the agent's runs if the id is not known yet)."""
+        await self.client.agents.messages.cancel(
+            self.agent_id, run_ids=[self.run_id] if self.run_id else omit
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP response under the stream."""
+        await self.stream.close()
+
+
+async def start_turn(
+    client: AsyncLetta,
+    agent_id: str,
+    message: str,
+    *,
+    stream_tokens: bool = True,
+    thinking: bool = True,
+    max_steps: int | None = None,
+) -> LettaTurn:
+    """Send ``message`` to the agent and return its open stream.
+
+    Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before
+    any chunk is read.  The caller owns the returned turn and must close it
+    (:func:`letta_source` does).
+    """
+    stream = await client.agents.messages.stream(
+        agent_id,
+        input=message,
+        stream_tokens=stream_tokens,
+        include_pings=True,
+        enable_thinking="true" if thinking else "false",
+        max_steps=max_steps if max_steps is not None else omit,
+    )
+    return LettaTurn(client, agent_id, stream)
+
+
+def describe_upstream_error(exc: Exception) -> Error:
+    """An :class:`Error` event for a failure of Letta or of the connection to it."""
+    if isinstance(exc, APITimeoutError):
+        return Error("The agent server took too long to answer.", "upstream_timeout")
+    if isinstance(exc, APIConnectionError):
+        return Error("The agent server could not be reached.", "upstream_unreachable")
+    if isinstance(exc, APIStatusError):
+        return Error(f"The agent server answered {exc.status_code}: {exc.message}", "upstream_status")
+    if isinstance(exc, httpx.HTTPError):
+        return Error(f"The connection to the agent server failed: {exc}", "upstream_failed")
+    return Error(f"Reading the agent's stream failed: {type(exc).__name__}", "upstream_failed")
+
+
+async def letta_source(turn: LettaTurn, send: Send, *, cancel_timeout: float = CLOSE_TIMEOUT) -> None:
+    """Read ``turn`` into ``send``; close it; cancel its run unless it was read to the end.
+
+    An upstream failure becomes one :class:`Error` item, so the stream ends with an
+    ``error`` event instead of breaking.  The cancel request is shielded from the
+    cancellation that may have caused it, and bounded by ``cancel_timeout``.
+    """
+    finished = False
+    try:
+        try:
+            finished = await read_source(turn.chunks(), send, on_error=describe_upstream_error)
+        finally:
+            await turn.aclose()
+    finally:
+        if not finished:
+            with anyio.move_on_after(cancel_timeout, shield=True):
+                try:
+                    await turn.cancel_run()
+                except Exception as exc:  # the turn is being abandoned: report, don't mask the cause
+                    log.warning("cancelling Letta run %s failed: %r", turn.run_id, exc)

@@ -1,0 +1,54 @@
+"""The stage chains letta-stream runs, named once so the service and scripts agree."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from typing import Any
+
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .compose import open_pipeline
+from .encode import encode_sse
+from .filter import filter_letta
+from .keepalive import keepalive
+from .letta_map import LettaMapper
+from .letta_turn import LettaTurn, letta_source
+from .sse import SSEEncoder
+from .throttle import throttle
+
+
+def letta_events(
+    turn: LettaTurn,
+    *,
+    mapper: LettaMapper | None = None,
+    window: float = 0.05,
+    buffer: int = 1,
+) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+    """source → filter → throttle: the turn as coalesced events (for scripts)."""
+    return open_pipeline(
+        partial(letta_source, turn),
+        partial(filter_letta, mapper=mapper),
+        partial(throttle, window=window),
+        buffer=buffer,
+    )
+
+
+def letta_sse(
+    turn: LettaTurn,
+    *,
+    mapper: LettaMapper | None = None,
+    window: float = 0.05,
+    keepalive_interval: float = 15.0,
+    encoder: SSEEncoder | None = None,
+    buffer: int = 1,
+) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+    """source → filter → throttle → keepalive → encode: the turn as SSE frame bytes."""
+    return open_pipeline(
+        partial(letta_source, turn),
+        partial(filter_letta, mapper=mapper),
+        partial(throttle, window=window),
+        partial(keepalive, interval=keepalive_interval),
+        partial(encode_sse, encoder=encoder),
+        buffer=buffer,
+    )

@@ -1,0 +1,191 @@
+"""Server-Sent Events framing, both ways, without I/O.
+
+:class:`SSEEncoder` turns events into the bytes of SSE frames: every data frame has
+an ``id:`` (monotonic per stream), an ``event:`` equal to its ``type`` and one
+``data:`` line of JSON; the first frame also carries a ``retry:`` hint; a keepalive
+is the comment ``: keepalive``.
+
+:class:`SSEParser` is the other direction, following the WHATWG "event stream
+interpretation" rules: any of CRLF, LF or CR ends a line, a leading BOM is dropped,
+comments are ignored, an event with an empty data buffer is not dispatched (so a
+comment after an ``id:`` never yields a phantom event), and an unterminated event
+at the end of the stream is discarded.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+import attrs
+
+from . import wire
+from .events import Event, Keepalive
+
+KEEPALIVE_FRAME: Final = b": keepalive\n\n"
+
+
+@attrs.frozen
+class ServerSentEvent:
+    """One dispatched SSE event, as the spec defines it."""
+
+    data: str
+    event: str = "message"
+    id: str = ""
+    retry: int | None = None
+
+
+@attrs.define
+class SSEEncoder:
+    """Encodes events as SSE frames for one stream.
+
+    ``next_id`` lets a resumed stream continue the numbering; ``retry_ms`` is sent once,
+    on the first frame, to tell the browser's EventSource how long to wait before it
+    reconnects.
+    """
+
+    next_id: int = 1
+    retry_ms: int | None = 3000
+    _first: bool = attrs.field(default=True, init=False)
+
+    def encode(self, event: Event) -> bytes:
+        """The bytes of one frame carrying ``event``."""
+        head = b""
+        if self._first:
+            self._first = False
+            if self.retry_ms is not None:
+                head = b"retry: %d\n" % self.retry_ms
+        if isinstance(event, Keepalive):
+            return head + KEEPALIVE_FRAME
+        data = wire.dumps(event)
+        frame = f"id: {self.next_id}\nevent: {wire.WIRE_TYPES[type(event)]}\ndata: {data}\n\n"
+        self.next_id += 1
+        return head + frame.encode("utf-8")
+
+
+@attrs.define
+class SSEDecoder:
+    """Turns SSE lines (without their line terminators) into dispatched events."""
+
+    last_event_id: str = ""
+    _data: list[str] = attrs.field(factory=list, init=False)
+    _event: str = attrs.field(default="", init=False)
+    _retry: int | None = attrs.field(default=None, init=False)
+
+    def feed(self, line: str) -> ServerSentEvent | None:
+        """Process one line; returns the event it dispatched, if any."""
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        data, event, retry = self._data, self._event, self._retry
+        self._data, self._event, self._retry = [], "", None
+        if not data:
+            return None
+        return ServerSentEvent(
+            data="\n".join(data), event=event or "message", id=self.last_event_id, retry=retry
+        )
+
+
+@attrs.define
+class LineSplitter:
+    """Splits a byte stream into decoded lines at CRLF, LF or CR, across chunk borders."""
+
+    _decoder: codecs.IncrementalDecoder = attrs.field(
+        factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"), init=False
+    )
+    _buffer: str = attrs.field(default="", init=False)
+    _started: bool = attrs.field(default=False, init=False)
+    _pending_cr: bool = attrs.field(default=False, init=False)
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The complete lines ``chunk`` finished (a trailing partial line is kept)."""
+        return self._split(self._decoder.decode(chunk))
+
+    def close(self) -> list[str]:
+        """Flush the decoder.  A final line without a terminator is not a line: it is dropped."""
+        lines = self._split(self._decoder.decode(b"", final=True))
+        self._buffer = ""
+        return lines
+
+    def _split(self, text: str) -> list[str]:
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._pending_cr and text:
+            self._pending_cr = False
+            if text.startswith("\n"):
+                text = text[1:]
+        text = self._buffer + text
+        lines: list[str] = []
+        start = 0
+        i = 0
+        n = len(text)
+        while i < n:
+            ch = text[i]
+            if ch == "\n" or ch == "\r":
+                lines.append(text[start:i])
+                if ch == "\r":
+                    if i + 1 < n:
+                        if text[i + 1] == "\n":
+                            i += 1
+                    else:
+                        self._pending_cr = True
+                start = i + 1
+            i += 1
+        self._buffer = text[start:]
+        return lines
+
+
+@attrs.define
+class SSEParser:
+    """Bytes in, dispatched :class:`ServerSentEvent` values out."""
+
+    _lines: LineSplitter = attrs.field(factory=LineSplitter, init=False)
+    decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Events completed by ``chunk``."""
+        return self._events(self._lines.feed(chunk))
+
+    def close(self) -> list[ServerSentEvent]:
+        """End of stream: what is left unterminated is discarded, as the spec says."""
+        return self._events(self._lines.close())
+
+    def _events(self, lines: Iterable[str]) -> list[ServerSentEvent]:
+        out = []
+        for line in lines:
+            sse = self.decoder.feed(line)
+            if sse is not None:
+                out.append(sse)
+        return out
+
+
+def decode_events(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """Our events from a complete byte stream (unknown types skipped).  For tests and scripts."""
+    parser = SSEParser()
+    for chunk in chunks:
+        yield from _known(parser.feed(chunk))
+    yield from _known(parser.close())
+
+
+def _known(events: Iterable[ServerSentEvent]) -> Iterator[Event]:
+    for sse in events:
+        event = wire.parse_event(sse.data)
+        if event is not None:
+            yield event

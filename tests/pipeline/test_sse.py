@@ -1,0 +1,152 @@
+"""The SSE parser against the examples of the WHATWG spec (§9.2.6), and the encoder round-trip."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.events import (
+    Done,
+    Error,
+    Event,
+    Keepalive,
+    Reasoning,
+    Status,
+    Text,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+from pipeline.sse import KEEPALIVE_FRAME, ServerSentEvent, SSEEncoder, SSEParser, decode_events
+
+
+def parse(stream: bytes) -> list[ServerSentEvent]:
+    parser = SSEParser()
+    return parser.feed(stream) + parser.close()
+
+
+def parse_bytewise(stream: bytes) -> list[ServerSentEvent]:
+    parser = SSEParser()
+    out: list[ServerSentEvent] = []
+    for i in range(len(stream)):
+        out += parser.feed(stream[i : i + 1])
+    return out + parser.close()
+
+
+class TestSpecExamples:
+    def test_multiline_data_is_joined_with_newlines(self) -> None:
+        stream = b"data: YHOO\ndata: +2\ndata: 10\n\n"
+        assert parse(stream) == [ServerSentEvent(data="YHOO\n+2\n10")]
+
+    def test_comments_ids_and_unterminated_last_event(self) -> None:
+        stream = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n"
+        assert parse(stream) == [
+            ServerSentEvent(data="first event", id="1"),
+            ServerSentEvent(data="second event", id=""),
+        ]
+
+    def test_empty_data_fields(self) -> None:
+        stream = b"data\n\ndata\ndata\n\ndata:"
+        assert parse(stream) == [ServerSentEvent(data=""), ServerSentEvent(data="\n")]
+
+    def test_one_leading_space_is_optional(self) -> None:
+        assert parse(b"data:test\n\ndata: test\n\n") == [ServerSentEvent(data="test")] * 2
+
+    def test_second_space_is_kept(self) -> None:
+        assert parse(b"data:  x\n\n") == [ServerSentEvent(data=" x")]
+
+
+class TestLineEndings:
+    def test_cr_crlf_and_lf_all_end_lines(self) -> None:
+        stream = b"data: a\r\rdata: b\r\n\r\ndata: c\n\n"
+        assert [e.data for e in parse(stream)] == ["a", "b", "c"]
+
+    def test_crlf_split_across_chunks_is_one_line_end(self) -> None:
+        parser = SSEParser()
+        events = parser.feed(b"data: a\r") + parser.feed(b"\ndata: b\r") + parser.feed(b"\n\r\n")
+        assert [e.data for e in events] == ["a\nb"]
+
+    def test_leading_bom_is_dropped(self) -> None:
+        assert parse("\ufeffdata: x\n\n".encode()) == [ServerSentEvent(data="x")]
+
+    def test_multibyte_utf8_split_across_chunks(self) -> None:
+        assert parse_bytewise("data: héllo ✓ 🙂\n\n".encode()) == [ServerSentEvent(data="héllo ✓ 🙂")]
+
+    def test_invalid_utf8_becomes_replacement_character(self) -> None:
+        assert parse(b"data: a\xffb\n\n") == [ServerSentEvent(data="a\ufffdb")]
+
+
+class TestFields:
+    def test_event_name_and_retry(self) -> None:
+        assert parse(b"retry: 1500\nevent: status\ndata: x\n\n") == [
+            ServerSentEvent(data="x", event="status", retry=1500)
+        ]
+
+    def test_bad_retry_is_ignored(self) -> None:
+        assert parse(b"retry: 15x\ndata: x\n\n")[0].retry is None
+
+    def test_id_with_nul_is_ignored(self) -> None:
+        assert parse(b"id: 7\ndata: a\n\nid: 8\x00\ndata: b\n\n")[1].id == "7"
+
+    def test_unknown_fields_are_ignored(self) -> None:
+        assert parse(b"foo: bar\ndata: x\n\n") == [ServerSentEvent(data="x")]
+
+    def test_comment_after_an_id_yields_no_phantom_event(self) -> None:
+        """httpx-sse #35: a keepalive comment after an event with an id must not become an event."""
+        assert parse(b"id: 1\ndata: x\n\n: keepalive\n\n") == [ServerSentEvent(data="x", id="1")]
+
+
+class TestEncoder:
+    def test_first_frame_has_retry_then_ids_count_up(self) -> None:
+        encoder = SSEEncoder()
+        first, second = encoder.encode(Status("Thinking...")), encoder.encode(Text("Hi"))
+        assert first == (
+            b'retry: 3000\nid: 1\nevent: status\ndata: {"type":"status","content":"Thinking..."}\n\n'
+        )
+        assert second == b'id: 2\nevent: message\ndata: {"type":"message","content":"Hi"}\n\n'
+
+    def test_keepalive_is_a_comment_without_id(self) -> None:
+        encoder = SSEEncoder(retry_ms=None)
+        assert encoder.encode(Keepalive()) == KEEPALIVE_FRAME
+        assert encoder.encode(Done()).startswith(b"id: 1\n")
+
+    def test_resumed_stream_continues_numbering(self) -> None:
+        assert SSEEncoder(next_id=42, retry_ms=None).encode(Text("x")).startswith(b"id: 42\n")
+
+    def test_original_plan_shapes(self) -> None:
+        frames = [SSEEncoder(retry_ms=None).encode(e) for e in (Done(), Error("boom"))]
+        assert frames[0].endswith(b'data: {"type":"done"}\n\n')
+        assert frames[1].endswith(b'data: {"type":"error","message":"boom"}\n\n')
+
+
+texts = st.lists(
+    st.text() | st.sampled_from(["\n", "\r", "\r\n", "\n\n", "data: ", ": ", "\ufeff", "\ud800"])
+).map("".join)
+"""Any text, rich in what could break a frame: blank lines, field prefixes, a BOM, a lone surrogate."""
+events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(Text, texts),
+    st.builds(Reasoning, texts),
+    st.builds(Status, texts),
+    st.builds(ToolCall, texts, texts, st.none() | texts),
+    st.builds(ToolResult, st.none() | texts, st.booleans(), texts),
+    st.builds(Error, texts, st.text(string.ascii_lowercase, min_size=1)),
+    st.builds(Done, st.none() | texts, st.none() | st.builds(Usage, st.none() | st.integers(0, 10**9))),
+    st.just(Keepalive()),
+)
+
+
+@given(st.lists(events, max_size=12), st.data())
+def test_encode_then_decode_round_trips(sent: list[Event], data: st.DataObject) -> None:
+    encoder = SSEEncoder()
+    stream = b"".join(encoder.encode(e) for e in sent)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert list(decode_events(chunks)) == [e for e in sent if not isinstance(e, Keepalive)]
+
+
+@given(texts)
+def test_text_with_blank_lines_and_data_prefix_stays_one_event(text: str) -> None:
+    frame = SSEEncoder().encode(Text(text))
+    assert len(parse(frame)) == 1
