@@ -39,7 +39,7 @@ _CLASSES: Final = {name: cls for cls, name in WIRE_TYPES.items()}
 WireEvent = Status | Reasoning | Text | ToolCall | ToolResult | Done | Error
 
 
-def _strict(kind: type[Any]) -> Any:
+def strict(kind: type[Any]) -> Any:
     """A structure hook that accepts ``kind`` only: no ``5`` → ``"5"`` or ``"yes"`` → ``True`` coercion."""
 
     def structure(value: Any, _: Any) -> Any:
@@ -52,9 +52,9 @@ def _strict(kind: type[Any]) -> Any:
 
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(omit_if_default=True, forbid_extra_keys=False)
-    converter.register_structure_hook(str, _strict(str))
-    converter.register_structure_hook(int, _strict(int))
-    converter.register_structure_hook(bool, _strict(bool))
+    converter.register_structure_hook(str, strict(str))
+    converter.register_structure_hook(int, strict(int))
+    converter.register_structure_hook(bool, strict(bool))
     configure_tagged_union(
         WireEvent,
         converter,

@@ -1,0 +1,133 @@
+"""One Letta agent per (student, agent type), found or created through Letta itself.
+
+Letta is the source of truth: each agent we create carries the tags
+``letta-stream``, ``user:<user_id>`` and ``agent_type:<type>``.  The registry keeps
+an in-memory index of them, rebuilt from Letta at startup and consulted on a miss.
+Creation holds a lock per (user, type), so two concurrent requests for the same
+student create one agent (within this process; run one worker, or put the lock
+in a shared store, before running several).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+import anyio
+import attrs
+from letta_client import AsyncLetta, NotFoundError
+
+from .bodies import AgentInfo
+from .errors import InvalidRequest
+from .templates import TEMPLATES
+
+SERVICE_TAG: Final = "letta-stream"
+
+
+def _tag_value(tags: Iterable[str], prefix: str) -> str | None:
+    return next((t.removeprefix(prefix) for t in tags if t.startswith(prefix)), None)
+
+
+def agent_info(agent: Any) -> AgentInfo | None:
+    """Our view of a Letta ``AgentState``; ``None`` for an agent this service did not create."""
+    tags = list(agent.tags or [])
+    user_id, agent_type = _tag_value(tags, "user:"), _tag_value(tags, "agent_type:")
+    if SERVICE_TAG not in tags or user_id is None or agent_type is None:
+        return None
+    created = agent.created_at.isoformat() if getattr(agent, "created_at", None) else None
+    return AgentInfo(agent.id, user_id, agent_type, agent.name, created)
+
+
+@attrs.define
+class AgentRegistry:
+    """Finds and creates students' agents.  ``model``/``embedding`` are Letta handles."""
+
+    client: AsyncLetta
+    model: str
+    embedding: str
+    _by_key: dict[tuple[str, str], AgentInfo] = attrs.field(factory=dict, init=False)
+    _by_id: dict[str, AgentInfo] = attrs.field(factory=dict, init=False)
+    _locks: dict[tuple[str, str], anyio.Lock] = attrs.field(factory=dict, init=False)
+
+    async def rebuild(self) -> int:
+        """Reload the index from Letta; the number of agents found."""
+        self._by_key.clear()
+        self._by_id.clear()
+        async for agent in self.client.agents.list(tags=[SERVICE_TAG]):
+            info = agent_info(agent)
+            if info is not None:
+                self._remember(info)
+        return len(self._by_id)
+
+    async def get_or_create(
+        self, user_id: str, agent_type: str, user_name: str | None = None
+    ) -> tuple[AgentInfo, bool]:
+        """The student's agent of that type, and whether it was created now."""
+        template = TEMPLATES.get(agent_type)
+        if template is None:
+            known = ", ".join(sorted(TEMPLATES))
+            raise InvalidRequest(f"unknown agent_type {agent_type!r} (known: {known})", field="agent_type")
+        key = (user_id, agent_type)
+        async with self._locks.setdefault(key, anyio.Lock()):
+            found = self._by_key.get(key) or await self._find(user_id, agent_type)
+            if found is not None:
+                return found, False
+            agent = await self.client.agents.create(
+                name=f"{agent_type}-{user_id}"[:100],
+                agent_type=template.letta_agent_type,
+                model=self.model,
+                embedding=self.embedding,
+                memory_blocks=[
+                    {"label": "persona", "value": template.persona},
+                    {"label": "human", "value": template.human_block(user_name)},
+                ],
+                tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
+                metadata={"user_id": user_id, "agent_type": agent_type},
+            )
+            info = agent_info(agent)
+            assert info is not None, "an agent created with our tags is ours"
+            self._remember(info)
+            return info, True
+
+    async def list_for_user(self, user_id: str) -> list[AgentInfo]:
+        """The student's agents, as Letta has them now."""
+        found = []
+        tags = [SERVICE_TAG, f"user:{user_id}"]
+        async for agent in self.client.agents.list(tags=tags, match_all_tags=True):
+            info = agent_info(agent)
+            if info is not None:
+                self._remember(info)
+                found.append(info)
+        return found
+
+    async def get(self, agent_id: str) -> AgentInfo | None:
+        """One of our agents by id, or ``None`` (unknown to Letta, or not created by this service)."""
+        if agent_id in self._by_id:
+            return self._by_id[agent_id]
+        try:
+            agent = await self.client.agents.retrieve(agent_id)
+        except NotFoundError:
+            return None
+        info = agent_info(agent)
+        if info is not None:
+            self._remember(info)
+        return info
+
+    def forget(self, agent_id: str) -> None:
+        """Drop an agent Letta no longer has from the index."""
+        info = self._by_id.pop(agent_id, None)
+        if info is not None:
+            self._by_key.pop((info.user_id, info.agent_type), None)
+
+    async def _find(self, user_id: str, agent_type: str) -> AgentInfo | None:
+        tags = [SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"]
+        async for agent in self.client.agents.list(tags=tags, match_all_tags=True):
+            info = agent_info(agent)
+            if info is not None:
+                self._remember(info)
+                return info
+        return None
+
+    def _remember(self, info: AgentInfo) -> None:
+        self._by_key[(info.user_id, info.agent_type)] = info
+        self._by_id[info.agent_id] = info

@@ -1,0 +1,137 @@
+"""Request and response bodies, and turning JSON into them with a clear error.
+
+Bodies are frozen attrs classes.  :func:`parse_body` structures JSON with cattrs,
+refusing coercions (``5`` is not a string) and reporting the first bad field as
+:class:`~app.errors.InvalidRequest` with ``field`` set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+
+from pipeline.wire import strict
+
+from .errors import InvalidRequest
+
+T = TypeVar("T")
+
+MAX_ID_CHARS = 256
+
+
+class FieldError(ValueError):
+    """A field's value is of the right type but not acceptable."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _identifier(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
+    if not value.strip():
+        raise FieldError(attribute.name, f"{attribute.name} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise FieldError(attribute.name, f"{attribute.name} is longer than {MAX_ID_CHARS} characters")
+
+
+def _message(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise FieldError(attribute.name, "message must not be empty")
+
+
+@attrs.frozen
+class CreateAgent:
+    user_id: str = attrs.field(validator=_identifier)
+    agent_type: str = attrs.field(default="tutor", validator=_identifier)
+    user_name: str | None = attrs.field(default=None, validator=_identifier)
+
+
+@attrs.frozen
+class ChatRequest:
+    agent_id: str = attrs.field(validator=_identifier)
+    message: str = attrs.field(validator=_message)
+    chat_id: str | None = attrs.field(default=None, validator=_identifier)
+    chat_title: str | None = None
+    user_id: str | None = attrs.field(default=None, validator=_identifier)
+
+
+@attrs.frozen
+class StreamRequest(ChatRequest):
+    enable_thinking: bool = True
+    stream_tokens: bool = True
+
+
+@attrs.frozen
+class AgentInfo:
+    agent_id: str
+    user_id: str
+    agent_type: str
+    name: str
+    created_at: str | None = None
+
+
+@attrs.frozen
+class ToolUse:
+    name: str
+    arguments: str
+    ok: bool | None = None
+
+
+@attrs.frozen
+class ChatReply:
+    agent_id: str
+    response: str
+    reasoning: str = ""
+    tools: list[ToolUse] = attrs.Factory(list)
+    stop_reason: str | None = None
+    run_id: str | None = None
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    for kind in (str, int, bool):
+        converter.register_structure_hook(kind, strict(kind))
+    return converter
+
+
+converter = _make_converter()
+
+
+def _problems(exc: BaseException, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(exc, FieldError):
+        return [(prefix + exc.field, str(exc))]
+    if isinstance(exc, ClassValidationError):
+        found: list[tuple[str, str]] = []
+        for sub in exc.exceptions:
+            notes = [n for n in getattr(sub, "__notes__", []) if isinstance(n, AttributeValidationNote)]
+            name = prefix + notes[0].name if notes else prefix
+            if isinstance(sub, KeyError):
+                found.append((name, f"{name} is required"))
+            elif isinstance(sub, ClassValidationError | FieldError):
+                found += _problems(sub, f"{name}." if notes else prefix)
+            else:
+                found.append((name, f"{name}: {sub}"))
+        return found
+    return [(prefix.rstrip("."), str(exc))]
+
+
+def parse_body(data: Any, cls: type[T]) -> T:
+    """``data`` (decoded JSON) as ``cls``, or :class:`InvalidRequest` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object", field=None)
+    try:
+        return converter.structure(data, cls)
+    except (ClassValidationError, FieldError) as exc:
+        problems = _problems(exc) or [("", str(exc))]
+        field, message = problems[0]
+        raise InvalidRequest(message, field=field or None, problems=[m for _, m in problems]) from exc
+
+
+def to_json(value: Any) -> Any:
+    """A body value as JSON-ready data."""
+    return converter.unstructure(value)

@@ -1,0 +1,61 @@
+"""Building the Quart app: blueprints, JSON errors, and the Letta client's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from letta_client import AsyncLetta
+from quart import Quart
+from werkzeug.exceptions import HTTPException
+
+from .agents import AgentRegistry
+from .errors import ApiError
+from .routes import agents, chat, health
+from .services import EXTENSION, Services
+from .settings import Settings, settings_from_env
+from .upstream import make_client
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, client: AsyncLetta | None = None) -> Quart:
+    """The service.  ``client`` replaces the Letta client (tests); otherwise one is made from settings."""
+    settings = settings if settings is not None else settings_from_env()
+    app = Quart(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    owns_client = client is None
+    letta = client if client is not None else make_client(settings)
+    svc = Services(settings, letta, AgentRegistry(letta, settings.model, settings.embedding))
+    app.extensions[EXTENSION] = svc
+    for module in (health, agents, chat):
+        app.register_blueprint(module.blueprint)
+
+    @app.before_serving
+    async def load_agents() -> None:
+        try:
+            count = await svc.registry.rebuild()
+            log.info("agent index rebuilt from Letta: %d agents", count)
+        except Exception as exc:  # Letta may start later: the index fills on demand
+            log.warning("could not rebuild the agent index from Letta: %r", exc)
+
+    @app.after_serving
+    async def close_client() -> None:
+        if owns_client:
+            await letta.close()
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> tuple[dict[str, Any], int]:
+        return exc.body(), exc.status
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return {"error": code, "message": exc.description or exc.name}, exc.code or 500
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> tuple[dict[str, Any], int]:
+        log.exception("unhandled error")
+        return {"error": "internal_error", "message": "the service failed; see its log"}, 500
+
+    return app

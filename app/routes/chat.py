@@ -1,0 +1,95 @@
+"""``POST /chat`` (the whole reply at once) and ``POST /chat/stream`` (Server-Sent Events)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from quart import Blueprint, Response
+
+from pipeline.events import Done, Error, Reasoning, Text, ToolCall, ToolResult
+from pipeline.letta_map import LettaMapper
+from pipeline.letta_turn import start_turn
+from pipeline.presets import letta_sse
+
+from ..agents import AgentRegistry
+from ..bodies import AgentInfo, ChatReply, ChatRequest, StreamRequest, ToolUse, to_json
+from ..errors import InvalidRequest, NotFound, UpstreamError
+from ..services import Services, json_body, services
+from ..sse_body import sse_response
+from ..upstream import letta_errors
+
+blueprint = Blueprint("chat", __name__)
+
+
+def _check_message(body: ChatRequest, limit: int) -> None:
+    if len(body.message) > limit:
+        raise InvalidRequest(f"message is longer than {limit} characters", field="message")
+
+
+async def _agent(registry: AgentRegistry, body: ChatRequest) -> AgentInfo:
+    async with letta_errors():
+        info = await registry.get(body.agent_id)
+    if info is None:
+        raise NotFound("agent not found")
+    return info
+
+
+@blueprint.post("/chat")
+async def chat() -> dict[str, Any]:
+    """Send a message; answer with the agent's whole reply once the turn is over."""
+    svc = services()
+    body = await json_body(ChatRequest)
+    _check_message(body, svc.settings.max_message_chars)
+    await _agent(svc.registry, body)
+    try:
+        async with letta_errors():
+            response = await svc.client.agents.messages.create(body.agent_id, input=body.message)
+    except anyio.get_cancelled_exc_class():
+        with anyio.move_on_after(svc.settings.cancel_timeout, shield=True):
+            await svc.client.agents.messages.cancel(body.agent_id)
+        raise
+    mapper = LettaMapper()
+    events = [e for m in response.messages for e in mapper.feed(m)]
+    mapper.stop_reason = getattr(response.stop_reason, "stop_reason", None) or "end_turn"
+    events += mapper.finish()
+    failure = next((e for e in events if isinstance(e, Error)), None)
+    if failure is not None:
+        raise UpstreamError(failure.message, code_from_agent=failure.code)
+    results = {e.call_id: e.ok for e in events if isinstance(e, ToolResult)}
+    reply = ChatReply(
+        agent_id=body.agent_id,
+        response="".join(e.content for e in events if isinstance(e, Text)),
+        reasoning="".join(e.content for e in events if isinstance(e, Reasoning)),
+        tools=[
+            ToolUse(e.name, e.arguments, results.get(e.call_id)) for e in events if isinstance(e, ToolCall)
+        ],
+        stop_reason=next((e.stop_reason for e in events if isinstance(e, Done)), None),
+        run_id=mapper.run_id,
+    )
+    result: dict[str, Any] = to_json(reply)
+    return result
+
+
+@blueprint.post("/chat/stream")
+async def chat_stream() -> Response:
+    """Send a message; stream the turn as SSE.  404/502/503 are answered before the stream starts."""
+    svc: Services = services()
+    body = await json_body(StreamRequest)
+    _check_message(body, svc.settings.max_message_chars)
+    await _agent(svc.registry, body)
+    async with letta_errors():
+        turn = await start_turn(
+            svc.client,
+            body.agent_id,
+            body.message,
+            stream_tokens=body.stream_tokens,
+            thinking=body.enable_thinking,
+        )
+    pipeline = letta_sse(
+        turn,
+        mapper=LettaMapper(show_reasoning=body.enable_thinking),
+        window=svc.settings.throttle_window,
+        keepalive_interval=svc.settings.keepalive_interval,
+    )
+    return sse_response(pipeline)

@@ -1,0 +1,42 @@
+"""What the views share: settings, the Letta client and the agent registry, kept on the app."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import attrs
+from letta_client import AsyncLetta
+from quart import current_app, request
+
+from .agents import AgentRegistry
+from .bodies import parse_body
+from .errors import InvalidRequest
+from .settings import Settings
+
+T = TypeVar("T")
+
+EXTENSION = "letta_stream"
+
+
+@attrs.define
+class Services:
+    settings: Settings
+    client: AsyncLetta
+    registry: AgentRegistry
+
+
+def services() -> Services:
+    """The running app's services."""
+    found: Services = current_app.extensions[EXTENSION]
+    return found
+
+
+async def json_body(cls: type[T]) -> T:
+    """The request's JSON body as ``cls``; :class:`InvalidRequest` if it is not JSON or does not fit."""
+    raw = await request.get_data(as_text=False)
+    try:
+        data: Any = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError (invalid UTF-8) alike
+        raise InvalidRequest(f"the body is not valid UTF-8 JSON: {exc}", field=None) from exc
+    return parse_body(data, cls)

@@ -1,0 +1,69 @@
+"""The service's settings, read once from environment variables.
+
+Each field names its variable; values are structured with cattrs, and a bad value
+raises :class:`SettingsError` naming the variable rather than starting half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the service cannot use."""
+
+
+def _env(name: str, default: Any) -> Any:
+    return attrs.field(default=default, metadata={"env": name})
+
+
+@attrs.frozen
+class Settings:
+    """Everything configurable, with defaults for a local stack."""
+
+    letta_base_url: str = _env("LETTA_BASE_URL", "http://127.0.0.1:8283")
+    letta_api_key: str | None = _env("LETTA_API_KEY", None)
+    letta_timeout: float = _env("LETTA_TIMEOUT_SECONDS", 300.0)
+    model: str = _env("LETTA_MODEL", "openai/gpt-4o-mini")
+    embedding: str = _env("LETTA_EMBEDDING", "openai/text-embedding-3-small")
+    throttle_window: float = _env("STREAM_THROTTLE_SECONDS", 0.05)
+    keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
+    cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 5.0)
+    max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
+    max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)
+
+
+def _bool(value: Any, _: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+_converter = cattrs.Converter()
+_converter.register_structure_hook(bool, _bool)
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: the process environment); unset variables keep defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in attrs.fields(Settings):
+        name = field.metadata["env"]
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field.name] = _converter.structure(raw, field.type)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{name}={raw!r}: {exc}") from exc
+    return Settings(**values)

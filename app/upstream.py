@@ -1,0 +1,50 @@
+"""Talking to Letta: the client, and Letta's failures as our HTTP errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from letta_client import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncLetta,
+    NotFoundError,
+)
+
+from .errors import ApiError, NotFound, UpstreamError, UpstreamUnavailable
+from .settings import Settings
+
+
+def make_client(settings: Settings) -> AsyncLetta:
+    """An ``AsyncLetta`` for the configured server.  No retries: a stream must not be sent twice."""
+    return AsyncLetta(
+        base_url=settings.letta_base_url,
+        api_key=settings.letta_api_key,
+        timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
+        max_retries=0,
+    )
+
+
+def translate(exc: Exception, what: str = "agent") -> ApiError:
+    """Letta's exception as the error this service answers with."""
+    if isinstance(exc, NotFoundError):
+        return NotFound(f"{what} not found")
+    if isinstance(exc, APITimeoutError):
+        return UpstreamUnavailable("the agent server timed out")
+    if isinstance(exc, APIConnectionError):
+        return UpstreamUnavailable("the agent server cannot be reached")
+    if isinstance(exc, APIStatusError):
+        return UpstreamError(f"the agent server answered {exc.status_code}", detail=exc.message)
+    return UpstreamError(f"the agent server failed: {type(exc).__name__}")
+
+
+@asynccontextmanager
+async def letta_errors(what: str = "agent") -> AsyncIterator[None]:
+    """Raise Letta's failures inside the block as :class:`ApiError`."""
+    try:
+        yield
+    except (APIStatusError, APIConnectionError, httpx.HTTPError) as exc:
+        raise translate(exc, what) from exc
