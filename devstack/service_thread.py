@@ -32,11 +32,11 @@ def free_port() -> int:
 class ServiceThread:
     """``with ServiceThread(settings) as service: httpx.get(service.url + "/health")``."""
 
-    def __init__(self, settings: Settings, port: int | None = None) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings | None = None, port: int | None = None, *, app: Any = None) -> None:
+        """Serve ``create_app(settings)``, or any ASGI ``app`` given instead."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings)
+        self.app = app if app is not None else create_app(settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -83,11 +83,11 @@ class ServiceThread:
 
         for _ in range(100):
             try:
-                httpx.get(self.url + "/health", timeout=5)
+                httpx.get(self.url + "/", timeout=5)
                 return self
             except httpx.TransportError:
                 threading.Event().wait(0.05)
-        raise RuntimeError("the service did not answer /health")
+        raise RuntimeError("the service did not answer")
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:

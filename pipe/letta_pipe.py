@@ -1,0 +1,283 @@
+"""
+title: Letta Tutor
+author: letta-stream
+version: 0.1.0
+description: Talk to your own Letta tutor agent. Its thinking, tool use and answer stream live.
+requirements: httpx-sse==0.4.3
+"""
+
+# One file, pasted into OpenWebUI (Admin → Functions).  It cannot import the
+# letta-stream packages, so the little of the wire protocol it needs is mirrored
+# here; tests/pipe/test_parity.py feeds the same recorded streams through this
+# decoder and through pipeline/sse.py + pipeline/wire.py and expects the same events.
+#
+# Output style (verified in OpenWebUI 0.12): pipe() returns an async generator that
+# yields OpenAI-style delta chunks — answer text as `content`, reasoning as
+# `reasoning_content` (OpenWebUI's native "Thinking…" block).  The event emitter is
+# used for status lines only; answer text is never sent as `message` events (the
+# answer would go blank when the stream ends).
+#
+# One Pipe instance serves every request: per-request state lives in locals only.
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+Emitter = Callable[[dict[str, Any]], Awaitable[None]]
+
+KNOWN_TYPES = {"status", "reasoning", "message", "tool_call", "tool_result", "done", "error"}
+REQUIRED_FIELDS: dict[str, dict[str, type]] = {
+    "status": {"content": str},
+    "reasoning": {"content": str},
+    "message": {"content": str},
+    "tool_call": {"name": str},
+    "tool_result": {"ok": bool},
+    "done": {},
+    "error": {"message": str},
+}
+
+
+class ProtocolError(ValueError):
+    """A data payload that is not a valid letta-stream event."""
+
+
+class ServiceError(Exception):
+    """The letta-stream service refused or failed a request; ``message`` is for the student."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# -- protocol: SSE data → event dict (mirrors pipeline.wire.parse_event) ---------------
+
+
+def decode_event(data: str) -> dict[str, Any] | None:
+    """The event in one SSE ``data`` payload; ``None`` for an unknown type (ignore it).
+
+    Raises :class:`ProtocolError` for a payload that is not an event.
+    """
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {data[:80]!r}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError(f"not an event object: {data[:80]!r}")
+    kind = obj["type"]
+    if kind not in KNOWN_TYPES:
+        return None
+    for name, expected in REQUIRED_FIELDS[kind].items():
+        if type(obj.get(name)) is not expected:
+            raise ProtocolError(f"bad {kind!r} event: {name} must be {expected.__name__}")
+    return obj
+
+
+# -- rendering: event → what OpenWebUI receives ----------------------------------------
+
+
+def content_chunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"delta": {"content": text}}]}
+
+
+def reasoning_chunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"delta": {"reasoning_content": text}}]}
+
+
+def status(description: str, done: bool = False, hidden: bool = False) -> dict[str, Any]:
+    return {"type": "status", "data": {"description": description, "done": done, "hidden": hidden}}
+
+
+def friendly_error(message: str) -> str:
+    return f"\n\n⚠️ {message}"
+
+
+# -- background tasks: answered here, never sent to the agent --------------------------
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (OpenWebUI may send content as a list of parts)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def task_answer(task: str, body: dict[str, Any]) -> str:
+    """A local answer for OpenWebUI's title/tags/follow-up generation calls."""
+    if task == "title_generation":
+        text = ""
+        for message in body.get("messages", []):
+            if "### Chat History:" in str(message.get("content", "")):
+                history = str(message["content"]).split("### Chat History:", 1)[1]
+                text = next((line for line in history.splitlines() if line.strip().startswith("USER:")), "")
+                text = text.split("USER:", 1)[-1]
+                break
+        text = " ".join((text or last_user_text(body.get("messages", []))).split())
+        title = (text[:50].rstrip() + "…") if len(text) > 50 else text
+        return json.dumps({"title": title or "Tutoring session"})
+    if task == "tags_generation":
+        return json.dumps({"tags": ["Tutoring"]})
+    if task == "follow_up_generation":
+        return json.dumps({"follow_ups": []})
+    return ""
+
+
+# -- the Function -----------------------------------------------------------------------
+
+
+class Pipe:
+    class Valves(BaseModel):
+        SERVICE_URL: str = Field(default="http://127.0.0.1:8100", description="letta-stream service URL")
+        SERVICE_TOKEN: str = Field(default="", description="Bearer token the service expects (if any)")
+        AGENT_TYPE: str = Field(default="tutor", description="Template of each student's agent")
+        ENABLE_THINKING: bool = Field(default=True, description="Ask the agent to reason before answering")
+        CONNECT_TIMEOUT: float = Field(default=5.0, description="Seconds to reach the service")
+        READ_TIMEOUT: float = Field(default=60.0, description="Seconds of silence before giving up (> keepalive)")
+
+    class UserValves(BaseModel):
+        SHOW_REASONING: bool = Field(default=True, description="Show the tutor's thinking")
+
+    def __init__(self) -> None:
+        self.valves = self.Valves()
+
+    async def pipe(
+        self,
+        body: dict[str, Any],
+        __user__: dict[str, Any] | None = None,
+        __metadata__: dict[str, Any] | None = None,
+        __event_emitter__: Emitter | None = None,
+        __task__: str | None = None,
+        __chat_id__: str | None = None,
+    ) -> str | AsyncIterator[Any]:
+        if __task__:
+            return task_answer(str(getattr(__task__, "value", __task__)), body)
+        user = __user__ or {}
+        show = getattr(user.get("valves"), "SHOW_REASONING", True)
+        chat_id = __chat_id__ or (__metadata__ or {}).get("chat_id")
+        return self._stream(body, user, chat_id, __event_emitter__, bool(show))
+
+    async def _stream(
+        self,
+        body: dict[str, Any],
+        user: dict[str, Any],
+        chat_id: str | None,
+        emit: Emitter | None,
+        show_reasoning: bool,
+    ) -> AsyncIterator[Any]:
+        valves = self.valves
+        ended = False
+
+        async def say(description: str, done: bool = False, hidden: bool = False) -> None:
+            if emit is not None:
+                await emit(status(description, done, hidden))
+
+        message = last_user_text(body.get("messages", []))
+        if not message.strip():
+            yield "Please type a message for your tutor."
+            return
+        timeout = httpx.Timeout(valves.READ_TIMEOUT, connect=valves.CONNECT_TIMEOUT)
+        headers = {"Authorization": f"Bearer {valves.SERVICE_TOKEN}"} if valves.SERVICE_TOKEN else {}
+        try:
+            async with httpx.AsyncClient(base_url=valves.SERVICE_URL, timeout=timeout, headers=headers) as client:
+                agent_id = await self._agent_for(client, user)
+                request = {
+                    "agent_id": agent_id,
+                    "message": message,
+                    "user_id": user.get("id"),
+                    "chat_id": chat_id,
+                    "enable_thinking": valves.ENABLE_THINKING,
+                }
+                async with aconnect_sse(client, "POST", "/chat/stream", json=request) as source:
+                    if source.response.status_code != 200:
+                        await source.response.aread()
+                        raise ServiceError(self._refusal(source.response))
+                    async for sse in source.aiter_sse():
+                        if not sse.data:  # httpx-sse yields phantom events after keepalive comments
+                            continue
+                        try:
+                            event = decode_event(sse.data)
+                        except ProtocolError as exc:
+                            log.warning("letta pipe: skipping a malformed event: %s", exc)
+                            continue
+                        if event is None:
+                            continue
+                        kind = event["type"]
+                        if kind == "status":
+                            await say(event["content"])
+                        elif kind == "reasoning":
+                            if show_reasoning:
+                                yield reasoning_chunk(event["content"])
+                        elif kind == "message":
+                            yield content_chunk(event["content"])
+                        elif kind == "error":
+                            ended = True
+                            yield content_chunk(friendly_error(f"The tutor ran into a problem: {event['message']}"))
+                            await say("Something went wrong", done=True)
+                            return
+                        elif kind == "done":
+                            ended = True
+                            await say("Done", done=True, hidden=True)
+                            return
+            if not ended:
+                ended = True
+                yield content_chunk(friendly_error("The connection to the tutor was interrupted. Please try again."))
+                await say("Interrupted", done=True)
+        except asyncio.CancelledError:
+            if emit is not None:  # the stop button: don't leave "Thinking..." on screen
+                await asyncio.shield(emit(status("Stopped", done=True)))
+            raise
+        except ServiceError as exc:
+            yield content_chunk(friendly_error(exc.message))
+            await say("Something went wrong", done=True)
+        except httpx.ConnectError:
+            yield content_chunk(friendly_error("The tutor service can't be reached right now. Please try again soon."))
+            await say("Tutor unavailable", done=True)
+        except httpx.TimeoutException:
+            yield content_chunk(friendly_error("The tutor took too long to answer. Please try again."))
+            await say("Timed out", done=True)
+        except httpx.HTTPError:
+            log.exception("letta pipe: the connection to the service failed")
+            yield content_chunk(friendly_error("The connection to the tutor failed. Please try again."))
+            await say("Connection failed", done=True)
+
+    async def _agent_for(self, client: httpx.AsyncClient, user: dict[str, Any]) -> str:
+        """Find or create the student's agent through the service."""
+        user_id = user.get("id")
+        if not user_id:
+            raise ServiceError("I couldn't tell who you are; please sign in again.")
+        payload = {"user_id": user_id, "agent_type": self.valves.AGENT_TYPE, "user_name": user.get("name")}
+        response = await client.post("/agents", json=payload)
+        if response.status_code not in (200, 201):
+            raise ServiceError(self._refusal(response))
+        agent_id: str = response.json()["agent_id"]
+        return agent_id
+
+    @staticmethod
+    def _refusal(response: httpx.Response) -> str:
+        """A sentence for the student about a non-2xx answer of the service."""
+        try:
+            detail = response.json().get("message", "")
+        except ValueError:
+            detail = ""
+        if response.status_code in (502, 503, 504):
+            return "Your tutor is unavailable right now. Please try again in a minute."
+        if response.status_code in (401, 403):
+            return "The tutor service refused this app's credentials; please tell your administrator."
+        if response.status_code == 409:
+            return "Your tutor is still answering your previous message. Please wait for it to finish."
+        return f"The tutor service could not handle this message ({response.status_code}: {detail})."

@@ -1,0 +1,66 @@
+"""Calling the pipe the way OpenWebUI 0.12 does, and recording what it yields and emits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from pipe.letta_pipe import Pipe
+
+
+@attrs.define
+class Outcome:
+    returned: str | None = None
+    chunks: list[Any] = attrs.Factory(list)
+    statuses: list[dict[str, Any]] = attrs.Factory(list)
+
+    @property
+    def content(self) -> str:
+        return "".join(c["choices"][0]["delta"].get("content", "") for c in self.chunks if isinstance(c, dict))
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(
+            c["choices"][0]["delta"].get("reasoning_content", "") for c in self.chunks if isinstance(c, dict)
+        )
+
+    @property
+    def descriptions(self) -> list[str]:
+        return [s["data"]["description"] for s in self.statuses]
+
+
+def make_pipe(url: str, **valves: Any) -> Pipe:
+    pipe = Pipe()
+    pipe.valves = Pipe.Valves(SERVICE_URL=url, **valves)
+    return pipe
+
+
+async def run_pipe(
+    pipe: Pipe,
+    message: str,
+    *,
+    task: str | None = None,
+    show_reasoning: bool = True,
+    user_id: str = "student-1",
+    stop_after_chunks: int | None = None,
+) -> Outcome:
+    outcome = Outcome()
+
+    async def emitter(event: dict[str, Any]) -> None:
+        outcome.statuses.append(event)
+
+    body = {"model": "letta_tutor", "stream": task is None, "messages": [{"role": "user", "content": message}]}
+    user = {"id": user_id, "name": "Ada", "valves": Pipe.UserValves(SHOW_REASONING=show_reasoning)}
+    result = await pipe.pipe(
+        body, __user__=user, __metadata__={"chat_id": "chat-1"}, __event_emitter__=emitter, __task__=task
+    )
+    if isinstance(result, str):
+        outcome.returned = result
+        return outcome
+    async for chunk in result:
+        outcome.chunks.append(chunk)
+        if stop_after_chunks is not None and len(outcome.chunks) >= stop_after_chunks:
+            await result.aclose()  # type: ignore[attr-defined]
+            break
+    return outcome

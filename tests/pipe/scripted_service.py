@@ -1,0 +1,87 @@
+"""A stand-in letta-stream service that replays recorded SSE streams, for the pipe's edge cases.
+
+The message text picks the scenario; every request is recorded so tests can assert
+that background tasks never reached the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from quart import Quart, Response, request
+
+from pipeline.events import Done, Error, Event, Keepalive, Reasoning, Status, Text, ToolCall, ToolResult
+from pipeline.sse import SSEEncoder
+
+HAPPY: list[Event] = [
+    Keepalive(),
+    Status("Thinking..."),
+    Reasoning("Let me "),
+    Reasoning("think."),
+    Status("Using conversation_search..."),
+    ToolCall("conversation_search", '{"query": "x"}', "c1"),
+    ToolResult("conversation_search", True, "found", "c1"),
+    Keepalive(),
+    Text("Hello"),
+    Text(", student"),
+    Done("end_turn"),
+]
+
+
+def encode(events: list[Event], *, first_id: int = 1) -> bytes:
+    """Frames as the service sends them; a ``first_id`` > 1 continues a stream (no ``retry:``)."""
+    encoder = SSEEncoder(next_id=first_id, retry_ms=3000 if first_id == 1 else None)
+    return b"".join(encoder.encode(e) for e in events)
+
+
+SCENARIOS: dict[str, bytes] = {
+    "happy": encode(HAPPY),
+    "unknown": encode([Text("a")])
+    + b'data: {"type": "citation", "url": "x"}\n\n'
+    + encode([Text("b"), Done()], first_id=2),
+    "malformed": encode([Text("a")])
+    + b'data: {not json\n\ndata: {"type": "message"}\n\n'
+    + encode([Done()], first_id=2),
+    "abrupt": encode([Status("Thinking..."), Text("half an ans")]),
+    "error": encode([Text("Partial"), Error("model exploded", "llm_api_error")]),
+}
+
+
+def create_app() -> Quart:
+    app = Quart(__name__)
+    app.config["calls"] = []
+
+    @app.get("/")
+    async def root() -> str:
+        return "scripted"
+
+    @app.post("/agents")
+    async def agents() -> tuple[dict[str, Any], int]:
+        body = await request.get_json()
+        app.config["calls"].append(("agents", body))
+        return {"agent_id": f"agent-{body['user_id']}", "created": True}, 201
+
+    @app.post("/chat/stream")
+    async def stream() -> Any:
+        body = await request.get_json()
+        app.config["calls"].append(("stream", body))
+        scenario = body["message"]
+        if scenario == "refuse":
+            return {"error": "upstream_unavailable", "message": "the agent server cannot be reached"}, 503
+        if scenario == "busy":
+            return {"error": "turn_in_progress", "message": "busy"}, 409
+        data = SCENARIOS[scenario]
+
+        async def frames() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 7):  # small pieces: frames cross chunk borders
+                yield data[i : i + 7]
+                await anyio.lowlevel.checkpoint()
+
+        response = Response(frames(), 200, {"Content-Type": "text/event-stream"})
+        response.timeout = None
+        return response
+
+    return app

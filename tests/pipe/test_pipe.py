@@ -1,0 +1,125 @@
+"""The pipe against recorded service streams: exact chunks, statuses, and every edge a student may meet."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from devstack.service_thread import ServiceThread, free_port
+
+from .harness import make_pipe, run_pipe
+
+pytestmark = pytest.mark.anyio
+
+
+def status(description: str, done: bool = False, hidden: bool = False) -> dict[str, Any]:
+    return {"type": "status", "data": {"description": description, "done": done, "hidden": hidden}}
+
+
+async def test_happy_stream_yields_reasoning_and_content_and_emits_only_statuses(
+    scripted: ServiceThread, calls: list[Any]
+) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "happy")
+    assert outcome.chunks == [
+        {"choices": [{"delta": {"reasoning_content": "Let me "}}]},
+        {"choices": [{"delta": {"reasoning_content": "think."}}]},
+        {"choices": [{"delta": {"content": "Hello"}}]},
+        {"choices": [{"delta": {"content": ", student"}}]},
+    ]
+    assert outcome.statuses == [
+        status("Thinking..."),
+        status("Using conversation_search..."),
+        status("Done", done=True, hidden=True),
+    ]
+    assert [name for name, _ in calls] == ["agents", "stream"]
+    agents_body, stream_body = calls[0][1], calls[1][1]
+    assert agents_body == {"user_id": "student-1", "agent_type": "tutor", "user_name": "Ada"}
+    assert stream_body["agent_id"] == "agent-student-1"
+    assert stream_body["user_id"] == "student-1"
+    assert stream_body["chat_id"] == "chat-1"
+
+
+async def test_reasoning_hidden_when_the_student_turns_it_off(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "happy", show_reasoning=False)
+    assert outcome.reasoning == ""
+    assert outcome.content == "Hello, student"
+
+
+async def test_unknown_event_types_are_ignored(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "unknown")
+    assert outcome.content == "ab"
+    assert outcome.statuses[-1] == status("Done", done=True, hidden=True)
+
+
+async def test_malformed_events_are_skipped_not_fatal(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "malformed")
+    assert outcome.content == "a"
+    assert outcome.statuses[-1] == status("Done", done=True, hidden=True)
+
+
+async def test_abrupt_end_tells_the_student(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "abrupt")
+    assert outcome.content.startswith("half an ans")
+    assert "interrupted" in outcome.content
+    assert outcome.statuses[-1]["data"]["done"] is True
+
+
+async def test_error_event_keeps_partial_text_and_explains(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "error")
+    assert outcome.content.startswith("Partial")
+    assert "model exploded" in outcome.content
+    assert outcome.statuses[-1] == status("Something went wrong", done=True)
+
+
+@pytest.mark.parametrize(("scenario", "words"), [("refuse", "unavailable"), ("busy", "previous message")])
+async def test_refusals_become_a_sentence(scripted: ServiceThread, calls: list[Any], scenario: str, words: str) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), scenario)
+    assert words in outcome.content
+    assert "Traceback" not in outcome.content
+
+
+async def test_service_down_is_a_sentence_not_a_traceback() -> None:
+    outcome = await run_pipe(make_pipe(f"http://127.0.0.1:{free_port()}"), "happy")
+    assert "can't be reached" in outcome.content
+    assert outcome.statuses[-1] == status("Tutor unavailable", done=True)
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("title_generation", {"title": "How do I start my college essay?"}),
+        ("tags_generation", {"tags": ["Tutoring"]}),
+        ("follow_up_generation", {"follow_ups": []}),
+    ],
+)
+async def test_background_tasks_never_reach_the_agent(
+    scripted: ServiceThread, calls: list[Any], task: str, expected: dict[str, Any]
+) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "How do I start my college essay?", task=task)
+    assert outcome.returned is not None
+    assert json.loads(outcome.returned) == expected
+    assert calls == []
+
+
+async def test_long_titles_are_shortened() -> None:
+    outcome = await run_pipe(make_pipe("http://unused"), "word " * 40, task="title_generation")
+    assert outcome.returned is not None
+    assert len(json.loads(outcome.returned)["title"]) <= 51
+
+
+async def test_one_pipe_instance_serves_concurrent_students(scripted: ServiceThread, calls: list[Any]) -> None:
+    import anyio
+
+    pipe = make_pipe(scripted.url)
+    results: dict[str, str] = {}
+
+    async def one(user: str) -> None:
+        results[user] = (await run_pipe(pipe, "happy", user_id=user)).content
+
+    async with anyio.create_task_group() as tg:
+        for user in ("a", "b", "c"):
+            tg.start_soon(one, user)
+    assert results == {"a": "Hello, student", "b": "Hello, student", "c": "Hello, student"}
+    assert sorted(body["agent_id"] for name, body in calls if name == "stream") == ["agent-a", "agent-b", "agent-c"]
