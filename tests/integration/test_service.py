@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -21,24 +20,6 @@ from pipeline.wire import parse_event
 from tests.scripted_llm import REASONING, TOOL_NAME, expected_answer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-@pytest.fixture(scope="module")
-def service(letta_stack: LocalStack) -> Iterator[ServiceThread]:
-    settings = Settings(
-        letta_base_url=letta_stack.letta_url,
-        model=letta_stack.model_handle,
-        embedding=letta_stack.embedding_handle,
-        keepalive_interval=1.0,
-    )
-    with ServiceThread(settings) as running:
-        yield running
-
-
-@pytest.fixture
-async def http(service: ServiceThread) -> Any:
-    async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
-        yield client
 
 
 async def new_agent(http: httpx.AsyncClient, user_id: str) -> str:
@@ -60,9 +41,7 @@ async def test_health_sees_letta(http: httpx.AsyncClient) -> None:
     assert response.json()["letta"]["version"] == "0.16.8"
 
 
-async def test_concurrent_creation_makes_one_agent_in_letta(
-    http: httpx.AsyncClient, letta_stack: LocalStack
-) -> None:
+async def test_concurrent_creation_makes_one_agent_in_letta(http: httpx.AsyncClient, letta_stack: LocalStack) -> None:
     results: list[httpx.Response] = []
 
     async def create() -> None:

@@ -24,7 +24,7 @@ def scripted() -> Iterator[ServiceThread]:
 
 
 @pytest.fixture
-def calls(scripted: ServiceThread) -> Iterator[list[Any]]:
+def calls(scripted: ServiceThread) -> list[Any]:
     recorded: list[Any] = scripted.app.config["calls"]
     recorded.clear()
-    yield recorded
+    return recorded
