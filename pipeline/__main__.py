@@ -15,11 +15,11 @@ import sys
 from typing import TextIO
 
 import anyio
-from letta_client import AsyncLetta
+from letta_client import APIConnectionError, APIStatusError, AsyncLetta
 
 from .events import Done, Error, Event, Reasoning, Status, Text, ToolCall, ToolResult
 from .letta_map import LettaMapper
-from .letta_turn import start_turn
+from .letta_turn import describe_upstream_error, start_turn
 from .presets import letta_events
 
 
@@ -59,13 +59,17 @@ def render(event: Event, out: TextIO, err: TextIO) -> None:
 async def chat(args: argparse.Namespace) -> int:
     """Run one turn; the exit status."""
     async with AsyncLetta(base_url=args.base_url, api_key=args.token) as client:
-        turn = await start_turn(
-            client,
-            args.agent_id,
-            args.message,
-            stream_tokens=not args.message_level,
-            thinking=not args.no_thinking,
-        )
+        try:
+            turn = await start_turn(
+                client,
+                args.agent_id,
+                args.message,
+                stream_tokens=not args.message_level,
+                thinking=not args.no_thinking,
+            )
+        except (APIConnectionError, APIStatusError) as exc:
+            sys.stderr.write(f"{describe_upstream_error(exc).message}\n")
+            return 2
         status = 0
         mapper = LettaMapper(show_reasoning=not args.no_thinking)
         async with letta_events(turn, mapper=mapper, window=args.window) as events:

@@ -77,8 +77,7 @@ class Coalescer:
     def full(self) -> bool:
         """Whether the producer should wait before pushing more."""
         return (
-            len(self._ready) >= self.max_backlog
-            or self._ready_chars + self._pending_chars >= self.max_buffered_chars
+            len(self._ready) >= self.max_backlog or self._ready_chars + self._pending_chars >= self.max_buffered_chars
         )
 
     @property

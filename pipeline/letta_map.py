@@ -200,17 +200,13 @@ class LettaMapper:
     def _tool_results(self, chunk: ToolReturnMessage) -> list[Event]:
         if chunk.tool_returns:
             return [
-                self._result(
-                    r.tool_call_id, r.status, r.tool_return if isinstance(r.tool_return, str) else ""
-                )
+                self._result(r.tool_call_id, r.status, r.tool_return if isinstance(r.tool_return, str) else "")
                 for r in chunk.tool_returns
             ]
         return [self._result(chunk.tool_call_id, chunk.status, chunk.tool_return)]
 
     def _result(self, call_id: str, status: str, returned: str) -> ToolResult:
-        return ToolResult(
-            self._tool_names.get(call_id), status == "success", returned[: self.preview_chars], call_id
-        )
+        return ToolResult(self._tool_names.get(call_id), status == "success", returned[: self.preview_chars], call_id)
 
 
 def _assistant_text(chunk: AssistantMessage) -> str:

@@ -53,9 +53,7 @@ class LettaTurn:
 
     async def cancel_run(self) -> None:
         """Ask Letta to stop this turn's run (all of the agent's runs if the id is not known yet)."""
-        await self.client.agents.messages.cancel(
-            self.agent_id, run_ids=[self.run_id] if self.run_id else omit
-        )
+        await self.client.agents.messages.cancel(self.agent_id, run_ids=[self.run_id] if self.run_id else omit)
 
     async def aclose(self) -> None:
         """Close the HTTP response under the stream."""

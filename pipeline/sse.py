@@ -97,9 +97,7 @@ class SSEDecoder:
         self._data, self._event, self._retry = [], "", None
         if not data:
             return None
-        return ServerSentEvent(
-            data="\n".join(data), event=event or "message", id=self.last_event_id, retry=retry
-        )
+        return ServerSentEvent(data="\n".join(data), event=event or "message", id=self.last_event_id, retry=retry)
 
 
 @attrs.define
