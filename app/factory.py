@@ -10,8 +10,10 @@ from quart import Quart
 from werkzeug.exceptions import HTTPException
 
 from .agents import AgentRegistry
+from .connection import StreamingConnection
 from .errors import ApiError
-from .routes import agents, chat, health
+from .request_ids import install_request_ids
+from .routes import agents, chat, health, metrics
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
 from .upstream import make_client
@@ -23,13 +25,15 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     """The service.  ``client`` replaces the Letta client (tests); otherwise one is made from settings."""
     settings = settings if settings is not None else settings_from_env()
     app = Quart(__name__, static_folder=None)
+    app.asgi_http_class = StreamingConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     owns_client = client is None
     letta = client if client is not None else make_client(settings)
     svc = Services(settings, letta, AgentRegistry(letta, settings.model, settings.embedding))
     app.extensions[EXTENSION] = svc
-    for module in (health, agents, chat):
+    for module in (health, metrics, agents, chat):
         app.register_blueprint(module.blueprint)
+    install_request_ids(app)
 
     @app.before_serving
     async def load_agents() -> None:

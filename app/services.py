@@ -12,7 +12,9 @@ from quart import current_app, request
 from .agents import AgentRegistry
 from .bodies import parse_body
 from .errors import InvalidRequest
+from .metrics import StreamMetrics
 from .settings import Settings
+from .turns import TurnGuard
 
 T = TypeVar("T")
 
@@ -24,6 +26,8 @@ class Services:
     settings: Settings
     client: AsyncLetta
     registry: AgentRegistry
+    guard: TurnGuard = attrs.Factory(TurnGuard)
+    metrics: StreamMetrics = attrs.Factory(StreamMetrics)
 
 
 def services() -> Services:

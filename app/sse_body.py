@@ -5,18 +5,29 @@ in one task; the pipeline's task group is opened in ``__aenter__`` and closed in
 ``__aexit__`` in that same task.  When the client disconnects, Quart cancels that
 task: the cancellation reaches the pipeline, whose stages are cancelled and whose
 source closes Letta's stream and cancels the run.
+
+``finalize(entered)`` runs exactly once when the body is done with: after
+``__aexit__``, or — if the client vanished before the body was ever entered —
+from :meth:`PipelineBody.abandon`, which :class:`app.connection.StreamingConnection`
+calls after every response.  Either way it runs shielded from cancellation.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from quart import Response
 from quart.wrappers.response import ResponseBody
+
+from pipeline.errors import ConsumerStalled
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -24,30 +35,84 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
+Finalize = Callable[[bool, BaseException | None], Awaitable[None]]
+"""``finalize(entered, error)``: ``entered`` is False when the pipeline never started."""
+
 
 class PipelineBody(ResponseBody):
     """Owns one pipeline: entered when the body starts, exited when it ends or is cancelled."""
 
-    def __init__(self, pipeline: AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]) -> None:
+    def __init__(
+        self,
+        pipeline: AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]],
+        finalize: Finalize | None = None,
+    ) -> None:
         self._pipeline = pipeline
+        self._finalize = finalize
         self._frames: MemoryObjectReceiveStream[Any] | None = None
+        self._entered = False
+        self._finalized = False
 
     async def __aenter__(self) -> PipelineBody:
-        self._frames = await self._pipeline.__aenter__()
+        self._entered = True
+        try:
+            self._frames = await self._pipeline.__aenter__()
+        except BaseException as exc:
+            await self._run_finalize(exc)
+            raise
         return self
 
-    async def __aexit__(
+    async def __aexit__(  # type: ignore[override]  # Quart's `async with` honours a True return
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._pipeline.__aexit__(exc_type, exc, tb)
+    ) -> bool:
+        error: BaseException | None = exc
+        try:
+            await self._pipeline.__aexit__(exc_type, exc, tb)
+        except BaseException as raised:
+            stalled = _find(raised, ConsumerStalled)
+            error = stalled or raised
+            if stalled is None:
+                raise
+            log.info("stream closed: %s", stalled)
+            return True  # end the response quietly: the client stopped reading
+        finally:
+            await self._run_finalize(error)
+        return False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         assert self._frames is not None, "iterate the body inside `async with`"
         return self._frames.__aiter__()
 
+    async def abandon(self) -> None:
+        """Release what the body owns if it was never entered (the client left before it started)."""
+        if not self._entered:
+            await self._run_finalize(None)
 
-def sse_response(pipeline: AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]) -> Response:
+    async def _run_finalize(self, error: BaseException | None) -> None:
+        if self._finalized or self._finalize is None:
+            return
+        self._finalized = True
+        with anyio.CancelScope(shield=True):
+            await self._finalize(self._entered, error)
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` itself or the first ``kind`` inside its (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def sse_response(
+    pipeline: AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]],
+    finalize: Finalize | None = None,
+) -> Response:
     """A 200 ``text/event-stream`` response streaming ``pipeline``'s frames, with no time limit."""
-    response = Response(PipelineBody(pipeline), 200, SSE_HEADERS)
+    response = Response(PipelineBody(pipeline, finalize), 200, SSE_HEADERS)
     response.timeout = None  # Quart's default RESPONSE_TIMEOUT would cut the stream at 60 s
     return response

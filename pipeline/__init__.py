@@ -11,6 +11,7 @@ knows about HTTP or Quart; all run under asyncio and trio.
 
 from .compose import open_pipeline
 from .encode import encode_sse
+from .errors import ConsumerStalled
 from .events import Done, Error, Event, Keepalive, Reasoning, Status, Text, ToolCall, ToolResult, Usage
 from .filter import filter_letta
 from .keepalive import keepalive
@@ -19,10 +20,12 @@ from .letta_turn import LettaTurn, letta_source, start_turn
 from .presets import letta_events, letta_sse
 from .source import read_source
 from .sse import ServerSentEvent, SSEDecoder, SSEEncoder, SSEParser
+from .tap import tap
 from .throttle import throttle
 from .wire import ProtocolError, parse_event
 
 __all__ = [
+    "ConsumerStalled",
     "Done",
     "Error",
     "Event",
@@ -50,5 +53,6 @@ __all__ = [
     "parse_event",
     "read_source",
     "start_turn",
+    "tap",
     "throttle",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
@@ -15,6 +16,8 @@ from .keepalive import keepalive
 from .letta_map import LettaMapper
 from .letta_turn import LettaTurn, letta_source
 from .sse import SSEEncoder
+from .streams import Stage
+from .tap import tap
 from .throttle import throttle
 
 
@@ -41,14 +44,22 @@ def letta_sse(
     window: float = 0.05,
     keepalive_interval: float = 15.0,
     encoder: SSEEncoder | None = None,
+    send_timeout: float | None = None,
+    observe: Callable[[Any], object] | None = None,
+    cancel_timeout: float = 5.0,
     buffer: int = 1,
 ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
-    """source → filter → throttle → keepalive → encode: the turn as SSE frame bytes."""
-    return open_pipeline(
-        partial(letta_source, turn),
+    """source → filter → throttle → keepalive → [tap] → encode: the turn as SSE frame bytes.
+
+    ``observe`` sees every event just before it is encoded; ``send_timeout`` ends the
+    stream when the consumer takes nothing for that long.
+    """
+    stages: list[Stage] = [
         partial(filter_letta, mapper=mapper),
         partial(throttle, window=window),
         partial(keepalive, interval=keepalive_interval),
-        partial(encode_sse, encoder=encoder),
-        buffer=buffer,
-    )
+    ]
+    if observe is not None:
+        stages.append(partial(tap, observe=observe))
+    stages.append(partial(encode_sse, encoder=encoder, send_timeout=send_timeout))
+    return open_pipeline(partial(letta_source, turn, cancel_timeout=cancel_timeout), *stages, buffer=buffer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from quart import Blueprint, Response
+from quart import Blueprint, Response, g
 
 from pipeline.events import Done, Error, Reasoning, Text, ToolCall, ToolResult
 from pipeline.letta_map import LettaMapper
@@ -17,6 +17,8 @@ from ..bodies import AgentInfo, ChatReply, ChatRequest, StreamRequest, ToolUse, 
 from ..errors import InvalidRequest, NotFound, UpstreamError
 from ..services import Services, json_body, services
 from ..sse_body import sse_response
+from ..stream_session import StreamSession
+from ..turns import TurnInProgress
 from ..upstream import letta_errors
 
 blueprint = Blueprint("chat", __name__)
@@ -35,6 +37,14 @@ async def _agent(registry: AgentRegistry, body: ChatRequest) -> AgentInfo:
     return info
 
 
+def _claim(svc: Services, agent_id: str) -> None:
+    try:
+        svc.guard.claim(agent_id)
+    except TurnInProgress:
+        svc.metrics.refused_busy += 1
+        raise
+
+
 @blueprint.post("/chat")
 async def chat() -> dict[str, Any]:
     """Send a message; answer with the agent's whole reply once the turn is over."""
@@ -42,6 +52,7 @@ async def chat() -> dict[str, Any]:
     body = await json_body(ChatRequest)
     _check_message(body, svc.settings.max_message_chars)
     await _agent(svc.registry, body)
+    _claim(svc, body.agent_id)
     try:
         async with letta_errors():
             response = await svc.client.agents.messages.create(body.agent_id, input=body.message)
@@ -49,6 +60,8 @@ async def chat() -> dict[str, Any]:
         with anyio.move_on_after(svc.settings.cancel_timeout, shield=True):
             await svc.client.agents.messages.cancel(body.agent_id)
         raise
+    finally:
+        svc.guard.release(body.agent_id)
     mapper = LettaMapper()
     events = [e for m in response.messages for e in mapper.feed(m)]
     mapper.stop_reason = getattr(response.stop_reason, "stop_reason", None) or "end_turn"
@@ -61,9 +74,7 @@ async def chat() -> dict[str, Any]:
         agent_id=body.agent_id,
         response="".join(e.content for e in events if isinstance(e, Text)),
         reasoning="".join(e.content for e in events if isinstance(e, Reasoning)),
-        tools=[
-            ToolUse(e.name, e.arguments, results.get(e.call_id)) for e in events if isinstance(e, ToolCall)
-        ],
+        tools=[ToolUse(e.name, e.arguments, results.get(e.call_id)) for e in events if isinstance(e, ToolCall)],
         stop_reason=next((e.stop_reason for e in events if isinstance(e, Done)), None),
         run_id=mapper.run_id,
     )
@@ -78,18 +89,29 @@ async def chat_stream() -> Response:
     body = await json_body(StreamRequest)
     _check_message(body, svc.settings.max_message_chars)
     await _agent(svc.registry, body)
-    async with letta_errors():
-        turn = await start_turn(
-            svc.client,
-            body.agent_id,
-            body.message,
-            stream_tokens=body.stream_tokens,
-            thinking=body.enable_thinking,
-        )
+    _claim(svc, body.agent_id)
+    try:
+        async with letta_errors():
+            turn = await start_turn(
+                svc.client,
+                body.agent_id,
+                body.message,
+                stream_tokens=body.stream_tokens,
+                thinking=body.enable_thinking,
+            )
+    except BaseException:
+        svc.guard.release(body.agent_id)
+        raise
+    session = StreamSession(
+        g.request_id, body.agent_id, turn, svc.guard, svc.metrics, cancel_timeout=svc.settings.cancel_timeout
+    )
     pipeline = letta_sse(
         turn,
         mapper=LettaMapper(show_reasoning=body.enable_thinking),
         window=svc.settings.throttle_window,
         keepalive_interval=svc.settings.keepalive_interval,
+        send_timeout=svc.settings.send_timeout,
+        cancel_timeout=svc.settings.cancel_timeout,
+        observe=session.observe,
     )
-    return sse_response(pipeline)
+    return sse_response(pipeline, session.finalize)

@@ -95,9 +95,7 @@ def create_app_for_validation() -> Quart:
 
 async def test_non_json_and_oversized_bodies(app: Quart) -> None:
     client = app.test_client()
-    response = await client.post(
-        "/chat", data=b"\xff\xfe not json", headers={"Content-Type": "application/json"}
-    )
+    response = await client.post("/chat", data=b"\xff\xfe not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     response = await client.post("/chat", data=b"x" * 20_000, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
@@ -139,9 +137,7 @@ async def test_letta_down_is_503_before_any_stream(app: Quart, letta: Any) -> No
 
 async def test_stream_is_sse_and_decodes_to_the_turn(app: Quart, letta: Any) -> None:
     _, agent = await create(app, user_id="u6")
-    response = await app.test_client().post(
-        "/chat/stream", json={"agent_id": agent["agent_id"], "message": "hi"}
-    )
+    response = await app.test_client().post("/chat/stream", json={"agent_id": agent["agent_id"], "message": "hi"})
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert response.headers["Cache-Control"] == "no-cache"

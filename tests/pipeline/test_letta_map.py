@@ -48,9 +48,7 @@ def test_thinking_status_is_shown_once_per_reasoning_phase() -> None:
 
 
 def test_thinking_off_drops_reasoning_and_its_status() -> None:
-    events = run(
-        [c.reasoning("secret"), c.hidden(), c.assistant("x"), c.stop()], LettaMapper(show_reasoning=False)
-    )
+    events = run([c.reasoning("secret"), c.hidden(), c.assistant("x"), c.stop()], LettaMapper(show_reasoning=False))
     assert events == [Text("x"), Done("end_turn", None, "run-1")]
 
 
@@ -126,9 +124,7 @@ def test_our_error_events_pass_through_as_terminal() -> None:
 
 
 def test_unknown_and_irrelevant_types_are_dropped_not_crashed_on() -> None:
-    assert run([c.user("hi"), object(), {"message_type": "new_thing"}, c.stop()]) == [
-        Done("end_turn", None, None)
-    ]
+    assert run([c.user("hi"), object(), {"message_type": "new_thing"}, c.stop()]) == [Done("end_turn", None, None)]
 
 
 def test_max_steps_is_a_done_with_its_reason() -> None:

@@ -102,9 +102,7 @@ class TestEncoder:
     def test_first_frame_has_retry_then_ids_count_up(self) -> None:
         encoder = SSEEncoder()
         first, second = encoder.encode(Status("Thinking...")), encoder.encode(Text("Hi"))
-        assert first == (
-            b'retry: 3000\nid: 1\nevent: status\ndata: {"type":"status","content":"Thinking..."}\n\n'
-        )
+        assert first == (b'retry: 3000\nid: 1\nevent: status\ndata: {"type":"status","content":"Thinking..."}\n\n')
         assert second == b'id: 2\nevent: message\ndata: {"type":"message","content":"Hi"}\n\n'
 
     def test_keepalive_is_a_comment_without_id(self) -> None:
@@ -121,9 +119,9 @@ class TestEncoder:
         assert frames[1].endswith(b'data: {"type":"error","message":"boom"}\n\n')
 
 
-texts = st.lists(
-    st.text() | st.sampled_from(["\n", "\r", "\r\n", "\n\n", "data: ", ": ", "\ufeff", "\ud800"])
-).map("".join)
+texts = st.lists(st.text() | st.sampled_from(["\n", "\r", "\r\n", "\n\n", "data: ", ": ", "\ufeff", "\ud800"])).map(
+    "".join
+)
 """Any text, rich in what could break a frame: blank lines, field prefixes, a BOM, a lone surrogate."""
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Text, texts),

@@ -60,9 +60,7 @@ async def test_source_without_error_mapping_fails_the_pipeline() -> None:
 async def test_consumer_leaving_early_cancels_every_stage_and_closes_the_source() -> None:
     before = task_names()
     stream = endless(c.assistant("x"))
-    async with open_pipeline(
-        partial(read_source, stream), filter_letta, throttle, keepalive, encode_sse
-    ) as recv:
+    async with open_pipeline(partial(read_source, stream), filter_letta, throttle, keepalive, encode_sse) as recv:
         await recv.receive()
     assert stream.closed
     assert task_names() == before
@@ -182,9 +180,7 @@ async def test_keepalive_speaks_when_upstream_is_idle() -> None:
 
 async def test_keepalive_is_silent_while_events_flow() -> None:
     items = [Text(str(i)) for i in range(50)]
-    async with open_pipeline(
-        partial(read_source, FakeStream(items)), partial(keepalive, interval=3600)
-    ) as recv:
+    async with open_pipeline(partial(read_source, FakeStream(items)), partial(keepalive, interval=3600)) as recv:
         assert await collect(recv) == items
 
 
@@ -232,3 +228,31 @@ async def test_whole_chain_produces_sse_that_decodes_to_the_turn() -> None:
         Done("end_turn", Usage(10, 5, 15, 1), "run-1"),
     ]
     assert frames[0].startswith(b"retry: ")
+
+
+async def test_a_stalled_consumer_ends_the_pipeline_and_closes_the_source() -> None:
+    from pipeline.errors import ConsumerStalled
+
+    stream = endless(Status("tick"))
+    with anyio.fail_after(10), pytest.raises(ExceptionGroup) as info:
+        async with open_pipeline(partial(read_source, stream), partial(encode_sse, send_timeout=0.05)) as recv:
+            await recv.receive()
+            await anyio.sleep_forever()  # the client stops reading
+    assert info.group_contains(ConsumerStalled)
+    assert stream.closed
+
+
+async def test_a_consumer_that_keeps_reading_is_never_stalled() -> None:
+    items = [Text(str(i)) for i in range(30)]
+    async with open_pipeline(partial(read_source, FakeStream(items)), partial(encode_sse, send_timeout=3600)) as recv:
+        assert len(await collect(recv)) == 30
+
+
+async def test_tap_sees_every_event_in_order_and_passes_it_on() -> None:
+    from pipeline.tap import tap
+
+    seen: list[Any] = []
+    items = [Status("a"), Text("b"), Done()]
+    async with open_pipeline(partial(read_source, FakeStream(items)), partial(tap, observe=seen.append)) as recv:
+        assert await collect(recv) == items
+    assert seen == items
