@@ -234,10 +234,14 @@ async def test_a_stalled_consumer_ends_the_pipeline_and_closes_the_source() -> N
     from pipeline.errors import ConsumerStalled
 
     stream = endless(Status("tick"))
-    with anyio.fail_after(10), pytest.raises(ExceptionGroup) as info:
+
+    async def read_one_then_stall() -> None:
         async with open_pipeline(partial(read_source, stream), partial(encode_sse, send_timeout=0.05)) as recv:
             await recv.receive()
             await anyio.sleep_forever()  # the client stops reading
+
+    with anyio.fail_after(10), pytest.raises(ExceptionGroup) as info:
+        await read_one_then_stall()
     assert info.group_contains(ConsumerStalled)
     assert stream.closed
 
