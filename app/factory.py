@@ -10,6 +10,7 @@ from quart import Quart
 from werkzeug.exceptions import HTTPException
 
 from .agents import AgentRegistry
+from .auth import install_auth
 from .connection import StreamingConnection
 from .errors import ApiError
 from .request_ids import install_request_ids
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     for module in (health, metrics, agents, chat):
         app.register_blueprint(module.blueprint)
     install_request_ids(app)
+    install_auth(app, settings.service_token)
 
     @app.before_serving
     async def load_agents() -> None:
@@ -49,8 +51,9 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
             await letta.close()
 
     @app.errorhandler(ApiError)
-    async def api_error(exc: ApiError) -> tuple[dict[str, Any], int]:
-        return exc.body(), exc.status
+    async def api_error(exc: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return exc.body(), exc.status, headers
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:

@@ -37,6 +37,11 @@ class Settings:
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)
+    service_token: str | None = _env("SERVICE_TOKEN", None)
+    """Bearer token every endpoint but /health requires; ``None`` leaves the service open."""
+
+
+attrs.resolve_types(Settings)  # field types are strings under `from __future__ import annotations`
 
 
 def _bool(value: Any, _: Any) -> bool:
@@ -67,4 +72,15 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             values[field.name] = _converter.structure(raw, field.type)  # type: ignore[arg-type]
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"{name}={raw!r}: {exc}") from exc
-    return Settings(**values)
+    settings = Settings(**values)
+    auth = environ.get("SERVICE_AUTH", "on").strip().lower()
+    if auth not in {"on", "off"}:
+        raise SettingsError(f"SERVICE_AUTH={auth!r}: use 'on' or 'off'")
+    if auth == "off":
+        return attrs.evolve(settings, service_token=None)
+    if not settings.service_token:
+        raise SettingsError(
+            "SERVICE_TOKEN is not set: set it (the pipe's SERVICE_TOKEN valve must match), "
+            "or set SERVICE_AUTH=off to run without authentication"
+        )
+    return settings

@@ -36,10 +36,11 @@ async def list_agents() -> dict[str, Any]:
 
 @blueprint.get("/agents/<agent_id>")
 async def get_agent(agent_id: str) -> dict[str, Any]:
-    """One agent's info, or 404."""
+    """One agent's info, or 404 (also when ``?user_id=`` is given and is not its owner)."""
     async with letta_errors():
         info = await services().registry.get(agent_id)
-    if info is None:
+    owner = request.args.get("user_id")
+    if info is None or (owner is not None and info.user_id != owner):
         raise NotFound("agent not found")
     result: dict[str, Any] = to_json(info)
     return result

@@ -30,9 +30,10 @@ def _check_message(body: ChatRequest, limit: int) -> None:
 
 
 async def _agent(registry: AgentRegistry, body: ChatRequest) -> AgentInfo:
+    """The agent, if it exists and belongs to ``body.user_id`` (when given); else 404, saying no more."""
     async with letta_errors():
         info = await registry.get(body.agent_id)
-    if info is None:
+    if info is None or (body.user_id is not None and info.user_id != body.user_id):
         raise NotFound("agent not found")
     return info
 

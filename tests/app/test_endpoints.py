@@ -157,3 +157,16 @@ async def test_stream_without_thinking_has_no_reasoning(app: Quart) -> None:
     events = list(decode_events([await response.get_data()]))
     assert not [e for e in events if isinstance(e, (Status, Reasoning))]
     assert isinstance(events[-1], Done)
+
+
+async def test_ownership_hides_other_students_agents(app: Quart) -> None:
+    _, mine = await create(app, user_id="owner")
+    client = app.test_client()
+    for path in ("/chat", "/chat/stream"):
+        response = await client.post(path, json={"agent_id": mine["agent_id"], "message": "hi", "user_id": "intruder"})
+        assert response.status_code == 404, path
+        assert (await response.get_json())["message"] == "agent not found"
+    response = await client.get(f"/agents/{mine['agent_id']}", query_string={"user_id": "intruder"})
+    assert response.status_code == 404
+    response = await client.post("/chat", json={"agent_id": mine["agent_id"], "message": "hi", "user_id": "owner"})
+    assert response.status_code == 200
