@@ -168,7 +168,8 @@ class Pipe:
             return task_answer(str(getattr(__task__, "value", __task__)), body)
         user = __user__ or {}
         show = getattr(user.get("valves"), "SHOW_REASONING", True)
-        chat_id = __chat_id__ or (__metadata__ or {}).get("chat_id")
+        # OpenWebUI sends chat_id "" for API calls without a chat; the service wants an id or null.
+        chat_id = __chat_id__ or (__metadata__ or {}).get("chat_id") or None
         return self._stream(body, user, chat_id, __event_emitter__, bool(show))
 
     async def _stream(
@@ -181,8 +182,11 @@ class Pipe:
     ) -> AsyncIterator[Any]:
         valves = self.valves
         ended = False
+        showing = False  # a status line is on screen
 
         async def say(description: str, done: bool = False, hidden: bool = False) -> None:
+            nonlocal showing
+            showing = not hidden
             if emit is not None:
                 await emit(status(description, done, hidden))
 
@@ -223,6 +227,8 @@ class Pipe:
                             if show_reasoning:
                                 yield reasoning_chunk(event["content"])
                         elif kind == "message":
+                            if showing:  # the answer is being written: "Thinking..."/"Using x..." is over
+                                await say("Writing", done=True, hidden=True)
                             yield content_chunk(event["content"])
                         elif kind == "error":
                             ended = True
@@ -239,7 +245,7 @@ class Pipe:
                 await say("Interrupted", done=True)
         except asyncio.CancelledError:
             if emit is not None:  # the stop button: don't leave "Thinking..." on screen
-                await asyncio.shield(emit(status("Stopped", done=True)))
+                await asyncio.shield(emit(status("Stopped", done=True, hidden=True)))
             raise
         except ServiceError as exc:
             yield content_chunk(friendly_error(exc.message))

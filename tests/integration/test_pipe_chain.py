@@ -10,6 +10,7 @@ from letta_client import AsyncLetta
 
 from devstack.service_thread import ServiceThread
 from devstack.stack import LocalStack
+from tests.conftest import SERVICE_TOKEN
 from tests.pipe.harness import make_pipe, run_pipe
 from tests.scripted_llm import REASONING, expected_answer
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 async def test_pipe_streams_thinking_tool_status_and_the_answer(service: ServiceThread) -> None:
     prompt = "[think] [tool] What did we talk about?"
-    outcome = await run_pipe(make_pipe(service.url), prompt, user_id="pipe-student")
+    outcome = await run_pipe(make_pipe(service.url, SERVICE_TOKEN=SERVICE_TOKEN), prompt, user_id="pipe-student")
     assert outcome.reasoning == REASONING
     assert outcome.content == expected_answer(prompt)
     assert outcome.descriptions[:2] == ["Thinking...", "Using conversation_search..."]
@@ -28,7 +29,7 @@ async def test_pipe_streams_thinking_tool_status_and_the_answer(service: Service
 
 async def test_same_student_keeps_one_agent(service: ServiceThread, letta_stack: LocalStack) -> None:
     for _ in range(2):
-        await run_pipe(make_pipe(service.url), "hello", user_id="returning-student")
+        await run_pipe(make_pipe(service.url, SERVICE_TOKEN=SERVICE_TOKEN), "hello", user_id="returning-student")
     async with AsyncLetta(base_url=letta_stack.letta_url) as letta:
         agents = [a async for a in letta.agents.list(tags=["user:returning-student"], match_all_tags=True)]
     assert len(agents) == 1
@@ -37,15 +38,16 @@ async def test_same_student_keeps_one_agent(service: ServiceThread, letta_stack:
 async def test_stop_button_cancels_the_letta_run(service: ServiceThread, letta_stack: LocalStack) -> None:
     """OpenWebUI's stop cancels the generator; the closed SSE connection must cancel Letta's run."""
     outcome = await run_pipe(
-        make_pipe(service.url),
+        make_pipe(service.url, SERVICE_TOKEN=SERVICE_TOKEN),
         "[long 400] [slow 30] tell me everything",
         user_id="stopping-student",
         stop_after_chunks=3,
     )
     assert len(outcome.chunks) == 3
+    assert outcome.statuses[-1]["data"] == {"description": "Stopped", "done": True, "hidden": True}
     async with AsyncLetta(base_url=letta_stack.letta_url) as letta:
-        agent = next(a async for a in letta.agents.list(tags=["user:stopping-student"], match_all_tags=True))
-        run = next(r async for r in letta.runs.list(agent_id=agent.id))
+        agent = await anext(a async for a in letta.agents.list(tags=["user:stopping-student"], match_all_tags=True))
+        run = await anext(r async for r in letta.runs.list(agent_id=agent.id))
         deadline, status = time.monotonic() + 5, None
         while time.monotonic() < deadline:
             status = (await letta.runs.retrieve(run.id)).status

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import attrs
@@ -44,6 +46,7 @@ async def run_pipe(
     show_reasoning: bool = True,
     user_id: str = "student-1",
     stop_after_chunks: int | None = None,
+    chat_id: str = "chat-1",
 ) -> Outcome:
     outcome = Outcome()
 
@@ -53,14 +56,26 @@ async def run_pipe(
     body = {"model": "letta_tutor", "stream": task is None, "messages": [{"role": "user", "content": message}]}
     user = {"id": user_id, "name": "Ada", "valves": Pipe.UserValves(SHOW_REASONING=show_reasoning)}
     result = await pipe.pipe(
-        body, __user__=user, __metadata__={"chat_id": "chat-1"}, __event_emitter__=emitter, __task__=task
+        body, __user__=user, __metadata__={"chat_id": chat_id}, __event_emitter__=emitter, __task__=task
     )
     if isinstance(result, str):
         outcome.returned = result
         return outcome
-    async for chunk in result:
-        outcome.chunks.append(chunk)
-        if stop_after_chunks is not None and len(outcome.chunks) >= stop_after_chunks:
-            await result.aclose()  # type: ignore[attr-defined]
-            break
+    enough = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in result:
+            outcome.chunks.append(chunk)
+            if stop_after_chunks is not None and len(outcome.chunks) >= stop_after_chunks:
+                enough.set()
+
+    # OpenWebUI's stop button calls task.cancel() on the task reading the generator: do the same
+    task = asyncio.create_task(consume())
+    waiter = asyncio.create_task(enough.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     return outcome

@@ -53,6 +53,11 @@ SCENARIOS: dict[str, bytes] = {
 def create_app() -> Quart:
     app = Quart(__name__)
     app.config["calls"] = []
+    app.config["auth"] = []
+
+    @app.before_request
+    async def record_auth() -> None:
+        app.config["auth"].append(request.headers.get("Authorization"))
 
     @app.get("/")
     async def root() -> str:
@@ -73,12 +78,21 @@ def create_app() -> Quart:
             return {"error": "upstream_unavailable", "message": "the agent server cannot be reached"}, 503
         if scenario == "busy":
             return {"error": "turn_in_progress", "message": "busy"}, 409
-        data = SCENARIOS[scenario]
+        if scenario == "slow":  # one frame every 50 ms, so a reader can be stopped mid-stream
+            encoder = SSEEncoder()
 
-        async def frames() -> AsyncIterator[bytes]:
-            for i in range(0, len(data), 7):  # small pieces: frames cross chunk borders
-                yield data[i : i + 7]
-                await anyio.lowlevel.checkpoint()
+            async def frames() -> AsyncIterator[bytes]:
+                for event in HAPPY:
+                    yield encoder.encode(event)
+                    await anyio.sleep(0.05)
+
+        else:
+            data = SCENARIOS[scenario]
+
+            async def frames() -> AsyncIterator[bytes]:
+                for i in range(0, len(data), 7):  # small pieces: frames cross chunk borders
+                    yield data[i : i + 7]
+                    await anyio.lowlevel.checkpoint()
 
         response = Response(frames(), 200, {"Content-Type": "text/event-stream"})
         response.timeout = None

@@ -31,6 +31,7 @@ async def test_happy_stream_yields_reasoning_and_content_and_emits_only_statuses
     assert outcome.statuses == [
         status("Thinking..."),
         status("Using conversation_search..."),
+        status("Writing", done=True, hidden=True),  # the answer starts: the status line goes away
         status("Done", done=True, hidden=True),
     ]
     assert [name for name, _ in calls] == ["agents", "stream"]
@@ -123,3 +124,20 @@ async def test_one_pipe_instance_serves_concurrent_students(scripted: ServiceThr
             tg.start_soon(one, user)
     assert results == {"a": "Hello, student", "b": "Hello, student", "c": "Hello, student"}
     assert sorted(body["agent_id"] for name, body in calls if name == "stream") == ["agent-a", "agent-b", "agent-c"]
+
+
+async def test_api_calls_without_a_chat_send_no_chat_id(scripted: ServiceThread, calls: list[Any]) -> None:
+    """OpenWebUI 0.12 passes chat_id "" for API clients; the service wants an id or null."""
+    await run_pipe(make_pipe(scripted.url), "happy", chat_id="")
+    assert calls[-1][1]["chat_id"] is None
+
+
+async def test_stop_hides_the_status_line(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "slow", stop_after_chunks=1)
+    assert len(outcome.chunks) == 1
+    assert outcome.statuses[-1] == status("Stopped", done=True, hidden=True)
+
+
+async def test_token_valve_is_sent_as_bearer(scripted: ServiceThread, calls: list[Any]) -> None:
+    await run_pipe(make_pipe(scripted.url, SERVICE_TOKEN="t0k"), "happy")
+    assert scripted.app.config["auth"][-1] == "Bearer t0k"

@@ -1,0 +1,5 @@
+"""``python -m devstack``: same as ``python -m devstack.stack``."""
+
+from devstack.stack import main
+
+main()

@@ -1,0 +1,197 @@
+"""The real chain, end to end (issue 4).
+
+Chromium → OpenWebUI 0.12.4 → ``pipe/letta_pipe.py`` (uploaded unchanged as a Function, valves set through
+OpenWebUI's API) → our service (hypercorn thread) → letta-client → the real Letta server → Postgres, with the
+scripted LLM behind Letta. Every test runs as the session's OpenWebUI admin, so they share one Letta agent
+(tagged ``user:<OpenWebUI user id>``); assertions on runs therefore compare before/after.
+
+Each browser test writes its screenshots and the full ``chat.mjs`` report (``report.json``) to
+``.stack/e2e-artifacts/<test name>/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from letta_client import AsyncLetta
+
+from devstack import openwebui as owui
+from devstack.stack import LocalStack
+from tests.scripted_llm import expected_answer
+
+from .conftest import Admin, RunChat
+
+pytestmark = pytest.mark.e2e
+
+#: What the service sends as status lines while the agent works (``pipeline`` status texts).
+WORKING_STATUSES = {"Thinking...", "Using conversation_search..."}
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _user_id(admin: Admin) -> str:
+    """The OpenWebUI id of the admin: the pipe passes it to the service, which tags the agent with it."""
+    resp = httpx.get(f"{admin.url}/api/v1/auths/", headers={"Authorization": f"Bearer {admin.token}"}, timeout=30)
+    resp.raise_for_status()
+    user_id: str = resp.json()["id"]
+    return user_id
+
+
+async def _runs_async(letta_url: str, user_id: str) -> dict[str, str]:
+    """``{run id: status}`` of every run of the user's agent (empty if the agent does not exist yet)."""
+    async with AsyncLetta(base_url=letta_url, timeout=30) as letta:
+        agents = [a async for a in letta.agents.list(tags=[f"user:{user_id}"], match_all_tags=True)]
+        assert len(agents) <= 1, f"more than one agent for one student: {[a.id for a in agents]}"
+        if not agents:
+            return {}
+        return {r.id: str(r.status) async for r in letta.runs.list(agent_id=agents[0].id)}
+
+
+def letta_runs(stack: LocalStack, user_id: str) -> dict[str, str]:
+    return asyncio.run(_runs_async(stack.letta_url, user_id))
+
+
+async def _run_status_async(letta_url: str, run_id: str) -> str:
+    async with AsyncLetta(base_url=letta_url, timeout=30) as letta:
+        return str((await letta.runs.retrieve(run_id)).status)
+
+
+def wait_for_run_status(stack: LocalStack, run_id: str, wanted: str, timeout: float) -> tuple[str, float]:
+    """Poll the run until it has status ``wanted`` or ``timeout`` passes; ``(last status, seconds waited)``."""
+    began = time.monotonic()
+    status = asyncio.run(_run_status_async(stack.letta_url, run_id))
+    while status != wanted and time.monotonic() - began < timeout:
+        time.sleep(0.2)
+        status = asyncio.run(_run_status_async(stack.letta_url, run_id))
+    return status, time.monotonic() - began
+
+
+def wait_for_settled_runs(stack: LocalStack, user_id: str, timeout: float = 10.0) -> dict[str, str]:
+    """The user's runs once none is still ``created``/``running`` (background tasks may still be in flight)."""
+    deadline = time.monotonic() + timeout
+    runs = letta_runs(stack, user_id)
+    while any(s in ("created", "running") for s in runs.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        runs = letta_runs(stack, user_id)
+    return runs
+
+
+def save_report(report: dict[str, Any], artifacts_dir: Path) -> None:
+    (artifacts_dir / "report.json").write_text(json.dumps(report, indent=2))
+
+
+def streaming_lengths(report: dict[str, Any]) -> list[int]:
+    """Answer lengths sampled while the answer was still streaming (non-empty, not done, stop visible)."""
+    return [s["textLength"] for s in report["samples"] if s["textLength"] > 0 and not s["done"] and s["stopVisible"]]
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+
+def test_real_chain_browser_streams_status_reasoning_and_answer(
+    admin: Admin, letta_pipe: str, letta_stack: LocalStack, run_chat: RunChat, artifacts_dir: Path
+) -> None:
+    prompt = "[think] [tool] [slow 60] [long 40] Help me start my essay"
+    expected = expected_answer(prompt)
+    user_id = _user_id(admin)
+    runs_before = letta_runs(letta_stack, user_id)
+
+    report = run_chat(letta_pipe, prompt)
+    save_report(report, artifacts_dir)
+    print(f"\nbrowser timings (ms since send / since start): {report['timings']}")
+
+    assert "Letta Tutor" in (report["selectedModel"] or "")
+    # The pipe's status line (from the service's status events) was on screen while the agent worked...
+    assert WORKING_STATUSES & set(report["statusTexts"]), report["samples"]
+    # ...and the final hidden "Done" status removed it.
+    assert report["final"]["status"] is None, report["final"]
+    # The answer grew in front of the user.
+    lengths = streaming_lengths(report)
+    assert len(set(lengths)) >= 2, report["samples"]
+    assert lengths == sorted(lengths), report["samples"]
+    assert min(lengths) < len(expected)
+    # OpenWebUI's native reasoning block: "Thinking…" while streaming, "Thought for …" at the end.
+    assert any(r.startswith("Thought for") for r in report["reasoningTexts"]), report["reasoningTexts"]
+    assert (report["final"]["reasoning"] or "").startswith("Thought for"), report["final"]
+    # The exact answer of the scripted model (one markdown paragraph: innerText is the text itself).
+    assert report["final"]["text"] == expected
+    assert report["final"]["done"]
+    # Persisted: the same after a reload.
+    assert report["reload"]["text"] == expected
+    assert (report["reload"]["reasoning"] or "").startswith("Thought for"), report["reload"]
+    assert len(report["screenshots"]) >= 3
+    # One user turn → one Letta run, although OpenWebUI also called the pipe for title/tags/follow-ups.
+    runs_after = wait_for_settled_runs(letta_stack, user_id)
+    new_runs = {k: v for k, v in runs_after.items() if k not in runs_before}
+    assert len(new_runs) == 1, new_runs
+    assert list(new_runs.values()) == ["completed"], new_runs
+
+
+def test_real_chain_browser_stop_keeps_partial_answer_and_cancels_the_letta_run(
+    admin: Admin, letta_pipe: str, letta_stack: LocalStack, run_chat: RunChat, artifacts_dir: Path
+) -> None:
+    prompt = "[long 400] [slow 40] Tell me everything about essay structure"
+    full = expected_answer(prompt)
+    user_id = _user_id(admin)
+    runs_before = wait_for_settled_runs(letta_stack, user_id)
+
+    report = run_chat(letta_pipe, prompt, stop_after_ms=3000)
+    save_report(report, artifacts_dir)
+    print(f"\nbrowser timings (ms): {report['timings']}; stop pressed at {report['stopPressedAtMs']} ms")
+
+    assert report["stopped"], report["samples"]
+    partial = report["final"]["text"]
+    assert 0 < len(partial) < len(full), report["final"]
+    assert full.startswith(partial), (partial[-80:], report["final"])
+    # The partial answer is what got saved.
+    assert report["reload"]["text"] == partial
+    # No status line claims the agent is still working (the pipe's CancelledError handler).
+    assert report["final"]["status"] not in WORKING_STATUSES, report["final"]
+    assert report["reload"]["status"] not in WORKING_STATUSES, report["reload"]
+    # The closed connection cancelled the agent's run in Letta.
+    runs_after = letta_runs(letta_stack, user_id)
+    new_runs = [k for k in runs_after if k not in runs_before]
+    assert len(new_runs) == 1, (runs_before, runs_after)
+    status, waited = wait_for_run_status(letta_stack, new_runs[0], "cancelled", timeout=10.0)
+    print(f"Letta run {new_runs[0]}: {status} (waited {waited:.1f} s after the browser run ended)")
+    assert status == "cancelled"
+
+
+def test_real_chain_api_stream_and_title_task_cost_one_agent_turn(
+    admin: Admin, letta_pipe: str, letta_stack: LocalStack
+) -> None:
+    prompt = "[think] [long 12] Which essay topic should I pick?"
+    user_id = _user_id(admin)
+    runs_before = wait_for_settled_runs(letta_stack, user_id)
+
+    content, reasoning = [], []
+    messages = [{"role": "user", "content": prompt}]
+    for chunk in owui.chat_completion_stream(admin.url, admin.token, letta_pipe, messages):
+        delta = chunk["choices"][0]["delta"]
+        content.append(delta.get("content") or "")
+        reasoning.append(delta.get("reasoning_content") or "")
+    assert "".join(content) == expected_answer(prompt)
+    assert "".join(reasoning)  # the service streamed reasoning (ENABLE_THINKING) through the pipe
+
+    # A background task (as OpenWebUI sends after the first answer) is answered by the pipe itself.
+    title_messages = [*messages, {"role": "assistant", "content": "".join(content)}]
+    resp = httpx.post(
+        f"{admin.url}/api/v1/tasks/title/completions",
+        json={"model": letta_pipe, "messages": title_messages},
+        headers={"Authorization": f"Bearer {admin.token}"},
+        timeout=60,
+    )
+    resp.raise_for_status()
+    title = json.loads(resp.json()["choices"][0]["message"]["content"])["title"]
+    assert title.startswith("[think] [long 12] Which essay"), title
+
+    runs_after = wait_for_settled_runs(letta_stack, user_id)
+    new_runs = {k: v for k, v in runs_after.items() if k not in runs_before}
+    assert list(new_runs.values()) == ["completed"], new_runs  # one user turn → one run, the title none
