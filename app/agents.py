@@ -29,10 +29,17 @@ def _tag_value(tags: Iterable[str], prefix: str) -> str | None:
 
 
 def agent_info(agent: Any) -> AgentInfo | None:
-    """Our view of a Letta ``AgentState``; ``None`` for an agent this service did not create."""
+    """Our view of a Letta ``AgentState``; ``None`` for an agent this service did not create.
+
+    Tags are the source of truth; the metadata written at creation is the fallback
+    for a response that came without its tags.
+    """
     tags = list(agent.tags or [])
-    user_id, agent_type = _tag_value(tags, "user:"), _tag_value(tags, "agent_type:")
-    if SERVICE_TAG not in tags or user_id is None or agent_type is None:
+    meta = agent.metadata if isinstance(getattr(agent, "metadata", None), dict) else {}
+    user_id = _tag_value(tags, "user:") or meta.get("user_id")
+    agent_type = _tag_value(tags, "agent_type:") or meta.get("agent_type")
+    ours = SERVICE_TAG in tags or meta.get("created_by") == SERVICE_TAG
+    if not ours or not isinstance(user_id, str) or not isinstance(agent_type, str):
         return None
     created = agent.created_at.isoformat() if getattr(agent, "created_at", None) else None
     return AgentInfo(agent.id, user_id, agent_type, agent.name, created)
@@ -40,7 +47,11 @@ def agent_info(agent: Any) -> AgentInfo | None:
 
 @attrs.define
 class AgentRegistry:
-    """Finds and creates students' agents.  ``model``/``embedding`` are Letta handles."""
+    """Finds and creates students' agents.  ``model``/``embedding`` are Letta handles.
+
+    Every read asks for ``include=["agent.tags"]``: Letta returns no relationships
+    unless asked, and an agent's tags are one.
+    """
 
     client: AsyncLetta
     model: str
@@ -53,7 +64,7 @@ class AgentRegistry:
         """Reload the index from Letta; the number of agents found."""
         self._by_key.clear()
         self._by_id.clear()
-        async for agent in self.client.agents.list(tags=[SERVICE_TAG]):
+        async for agent in self.client.agents.list(tags=[SERVICE_TAG], include=["agent.tags"]):
             info = agent_info(agent)
             if info is not None:
                 self._remember(info)
@@ -82,7 +93,7 @@ class AgentRegistry:
                     {"label": "human", "value": template.human_block(user_name)},
                 ],
                 tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
-                metadata={"user_id": user_id, "agent_type": agent_type},
+                metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
             )
             info = agent_info(agent)
             assert info is not None, "an agent created with our tags is ours"
@@ -93,7 +104,7 @@ class AgentRegistry:
         """The student's agents, as Letta has them now."""
         found = []
         tags = [SERVICE_TAG, f"user:{user_id}"]
-        async for agent in self.client.agents.list(tags=tags, match_all_tags=True):
+        async for agent in self.client.agents.list(tags=tags, match_all_tags=True, include=["agent.tags"]):
             info = agent_info(agent)
             if info is not None:
                 self._remember(info)
@@ -105,7 +116,7 @@ class AgentRegistry:
         if agent_id in self._by_id:
             return self._by_id[agent_id]
         try:
-            agent = await self.client.agents.retrieve(agent_id)
+            agent = await self.client.agents.retrieve(agent_id, include=["agent.tags"])
         except NotFoundError:
             return None
         info = agent_info(agent)
@@ -121,7 +132,7 @@ class AgentRegistry:
 
     async def _find(self, user_id: str, agent_type: str) -> AgentInfo | None:
         tags = [SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"]
-        async for agent in self.client.agents.list(tags=tags, match_all_tags=True):
+        async for agent in self.client.agents.list(tags=tags, match_all_tags=True, include=["agent.tags"]):
             info = agent_info(agent)
             if info is not None:
                 self._remember(info)

@@ -74,24 +74,32 @@ class FakeAgents:
             id=f"agent-{next(self._letta.ids)}",
             name=kwargs["name"],
             tags=kwargs["tags"],
+            metadata=kwargs.get("metadata"),
             created_at=datetime(2026, 11, 26, tzinfo=UTC),
         )
         self._letta.agents[agent.id] = agent
         return agent
 
     async def list(
-        self, tags: list[str] | None = None, match_all_tags: bool = False, **_: Any
+        self, tags: list[str] | None = None, match_all_tags: bool = False, include: Any = None, **_: Any
     ) -> AsyncIterator[AgentState]:
         self._letta.check()
         for agent in list(self._letta.agents.values()):
             have = set(agent.tags or [])
             want = set(tags or [])
             if (want <= have) if match_all_tags else (not want or want & have):
-                yield agent
+                yield _as_returned(agent, include)
 
-    async def retrieve(self, agent_id: str, **_: Any) -> AgentState:
+    async def retrieve(self, agent_id: str, include: Any = None, **_: Any) -> AgentState:
         self._letta.check(agent_id)
-        return self._letta.agents[agent_id]
+        return _as_returned(self._letta.agents[agent_id], include)
+
+
+def _as_returned(agent: AgentState, include: Any) -> AgentState:
+    """As Letta 0.16 does: relationships (tags among them) only when asked for with ``include``."""
+    if include and "agent.tags" in include:
+        return agent
+    return agent.model_copy(update={"tags": []})
 
 
 class FakeLetta:

@@ -170,3 +170,26 @@ async def test_ownership_hides_other_students_agents(app: Quart) -> None:
     assert response.status_code == 404
     response = await client.post("/chat", json={"agent_id": mine["agent_id"], "message": "hi", "user_id": "owner"})
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("keep_metadata", [True, False])
+async def test_a_restarted_service_finds_existing_agents_in_letta(letta: Any, keep_metadata: bool) -> None:
+    from app.factory import create_app
+    from app.settings import Settings
+
+    first = create_app(Settings(), client=letta)
+    async with first.test_app():
+        created = await (await first.test_client().post("/agents", json={"user_id": "back"})).get_json()
+    if not keep_metadata:  # agents made before metadata was written: only the tags say whose they are
+        for agent_id, agent in letta.store.agents.items():
+            letta.store.agents[agent_id] = agent.model_copy(update={"metadata": None})
+    second = create_app(Settings(), client=letta)
+    async with second.test_app():
+        client = second.test_client()
+        response = await client.get(f"/agents/{created['agent_id']}")
+        assert response.status_code == 200
+        listed = await (await client.get("/agents", query_string={"user_id": "back"})).get_json()
+        assert [a["agent_id"] for a in listed["agents"]] == [created["agent_id"]]
+        again = await client.post("/agents", json={"user_id": "back"})
+        assert again.status_code == 200
+    assert letta.agents.created == 1

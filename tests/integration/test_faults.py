@@ -32,7 +32,10 @@ async def test_letta_dying_mid_stream_ends_the_stream_with_an_error_event(letta_
             embedding=letta_stack.embedding_handle,
             cancel_timeout=1.0,
         )
-        with ServiceThread(settings) as service:
+        service = ServiceThread(settings)
+        # started from a worker thread: the proxy lives on this event loop and must keep serving
+        await anyio.to_thread.run_sync(service.start)
+        try:
             async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
                 agent_id = (await http.post("/agents", json={"user_id": "fault-student"})).json()["agent_id"]
                 events = []
@@ -48,6 +51,8 @@ async def test_letta_dying_mid_stream_ends_the_stream_with_an_error_event(letta_
                                 proxy.kill()
                                 killed_at = time.monotonic()
                 ended_after = time.monotonic() - (killed_at or 0)
+        finally:
+            await anyio.to_thread.run_sync(service.stop)
         tg.cancel_scope.cancel()
     assert killed_at is not None
     assert isinstance(events[-1], Error), events[-3:]

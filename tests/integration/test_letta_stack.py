@@ -94,13 +94,17 @@ async def test_model_failure_streams_stop_reason_then_raises(letta_client: Async
     object is ever yielded. Letta tried the model 3 times (~1.5 s) before giving up.
     """
     seen: list[Any] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        stream = await letta_client.agents.messages.stream(agent_id, input="[fail] now", stream_tokens=True)
-    with pytest.raises(APIStatusError) as raised:
+
+    async def drain() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            stream = await letta_client.agents.messages.stream(agent_id, input="[fail] now", stream_tokens=True)
         async with stream:
-            async for message in stream:
+            async for message in stream:  # keep what arrived before the SDK raises
                 seen.append(message)
+
+    with pytest.raises(APIStatusError) as raised:
+        await drain()
 
     assert kinds(seen) == ["ping", "stop_reason"]
     assert seen[-1].stop_reason == "llm_api_error"
