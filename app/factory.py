@@ -17,7 +17,7 @@ from .request_ids import install_request_ids
 from .routes import agents, chat, health, metrics
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
-from .upstream import make_client
+from .upstream import CONTROL_CONNECTIONS, make_client
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     owns_client = client is None
     letta = client if client is not None else make_client(settings)
-    svc = Services(settings, letta, AgentRegistry(letta, settings.model, settings.embedding))
+    control = client if client is not None else make_client(settings, max_connections=CONTROL_CONNECTIONS)
+    svc = Services(settings, letta, AgentRegistry(letta, settings.model, settings.embedding), control=control)
     app.extensions[EXTENSION] = svc
     for module in (health, metrics, agents, chat):
         app.register_blueprint(module.blueprint)
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     async def close_client() -> None:
         if owns_client:
             await letta.close()
+            await control.close()
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:

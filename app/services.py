@@ -26,6 +26,8 @@ class Services:
     settings: Settings
     client: AsyncLetta
     registry: AgentRegistry
+    control: AsyncLetta | None = None
+    """A small separate client for cancels and health checks (defaults to ``client``)."""
     guard: TurnGuard = attrs.Factory(TurnGuard)
     metrics: StreamMetrics = attrs.Factory(StreamMetrics)
 

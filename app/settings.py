@@ -34,6 +34,7 @@ class Settings:
     throttle_window: float = _env("STREAM_THROTTLE_SECONDS", 0.05)
     keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
     cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 5.0)
+    letta_max_connections: int = _env("LETTA_MAX_CONNECTIONS", 4096)
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)

@@ -18,14 +18,28 @@ from .errors import ApiError, NotFound, UpstreamError, UpstreamUnavailable
 from .settings import Settings
 
 
-def make_client(settings: Settings) -> AsyncLetta:
-    """An ``AsyncLetta`` for the configured server.  No retries: a stream must not be sent twice."""
+def make_client(settings: Settings, *, max_connections: int | None = None) -> AsyncLetta:
+    """An ``AsyncLetta`` for the configured server.  No retries: a stream must not be sent twice.
+
+    Every open stream holds one connection, so the pool must be as large as the number of
+    streams the service may hold (letta-client's default of 100 would leave the 101st
+    stream waiting, headers unsent, for the pool timeout).
+    """
+    limit = max_connections if max_connections is not None else settings.letta_max_connections
     return AsyncLetta(
         base_url=settings.letta_base_url,
         api_key=settings.letta_api_key,
         timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
         max_retries=0,
+        http_client=httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 100)),
+            timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
+        ),
     )
+
+
+CONTROL_CONNECTIONS = 16
+"""Connections of the separate client that cancels runs (and answers health checks)."""
 
 
 def translate(exc: Exception, what: str = "agent") -> ApiError:

@@ -23,9 +23,7 @@ MARKER_NAME = ".letta-stack-spec"
 
 def spec() -> str:
     """The text stored in the marker: changes whenever the pins change."""
-    return "\n".join(
-        [f"python={PYTHON_VERSION}", f"exclude-newer={EXCLUDE_NEWER}", *LETTA_PACKAGES, *LATE_PACKAGES]
-    )
+    return "\n".join([f"python={PYTHON_VERSION}", f"exclude-newer={EXCLUDE_NEWER}", *LETTA_PACKAGES, *LATE_PACKAGES])
 
 
 def uv_command() -> list[str]:

@@ -53,6 +53,9 @@ class LettaServer:
             LETTA_PG_URI=self.pg_uri,
             OPENAI_API_KEY=self.model.api_key,
             OPENAI_BASE_URL=self.model.base_url,
+            # Letta's default (a fresh asyncpg connection per session) sometimes stalls 60 s on
+            # connect after a failed model call; a pool avoids it (observed with 0.16.8 here).
+            LETTA_DISABLE_SQLALCHEMY_POOLING="false",
             PATH=f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         )
 

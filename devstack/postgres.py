@@ -6,8 +6,13 @@ runs there (``_pg_setup.py``); this module only drives it and stops it.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import signal
+import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +51,79 @@ def _pg_bin(venv: Path) -> Path:
     return found[0]
 
 
-def _pg_ctl_stop(venv: Path, pgdata: Path) -> None:
-    """``pg_ctl stop`` on the data dir (as the postgres system user when root)."""
-    if not (pgdata / "postmaster.pid").exists():
+def _pg_ctl_stop(venv: Path, pgdata: Path, timeout: float = 60.0) -> None:
+    """``pg_ctl stop -m fast`` on the data dir (as the postgres system user when root).
+
+    Run from inside the data dir with ``-D .``: pytest re-chmods its
+    ``/tmp/pytest-of-<user>`` to 0700 whenever a session starts, which would
+    stop the postgres user from reaching an absolute path below it. If pg_ctl
+    still fails, send the same signal it would (SIGINT = fast shutdown) to the
+    postmaster's PID from ``postmaster.pid`` and wait for that file to go.
+    """
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
         return
     user = SYSTEM_USER if os.geteuid() == 0 else None
-    r = subprocess.run(
-        [str(_pg_bin(venv) / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
-        check=False, user=user, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+    result = subprocess.run(
+        [str(_pg_bin(venv) / "pg_ctl"), "-D", ".", "-w", "-t", str(int(timeout)), "-m", "fast", "stop"],
+        check=False,
+        user=user,
+        cwd=pgdata,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout + 5,
     )
-    print("DEBUG pg_ctl stop", r)
+    if result.returncode != 0:
+        _signal_stop(pgdata, timeout)
+
+
+def _signal_stop(pgdata: Path, timeout: float) -> None:
+    """SIGINT (fast shutdown) to the postmaster named in ``postmaster.pid``; wait for the file to go."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        if b"postgres" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return  # stale pid file: that PID is not a postgres any more
+        os.kill(pid, signal.SIGINT)
+    except (OSError, ValueError, IndexError):
+        return  # no such process or unreadable file: nothing of ours runs
+    deadline = time.monotonic() + timeout
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def pgdata_for(root_dir: Path, data_dir: Path) -> Path:
+    """Where Postgres keeps the files of the stack in ``data_dir``.
+
+    Normally ``<data_dir>/pgdata``. As root, Postgres runs as the
+    ``embedded_postgres`` user, which must traverse every parent directory for
+    as long as it runs; a data dir below a private directory (pytest's
+    ``/tmp/pytest-of-root``, which pytest re-chmods to 0700 whenever another
+    session starts, or a ``mkdtemp`` dir) would break the running server.
+    Then the files go to ``<root_dir>/.stack/pgdata/<hash>``, swept once the
+    data dir that owns them is gone.
+    """
+    default = data_dir / "pgdata"
+    slot = root_dir / ".stack" / "pgdata" / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    if (default / "PG_VERSION").exists() or os.geteuid() != 0 or (not slot.exists() and _others_can_traverse(data_dir)):
+        return default
+    _sweep(slot.parent)
+    slot.mkdir(parents=True, exist_ok=True)
+    (slot / "owner").write_text(str(data_dir))
+    return slot / "pgdata"
+
+
+def _others_can_traverse(path: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents) if p.exists())
+
+
+def _sweep(base: Path) -> None:
+    """Remove relocated data dirs whose owning stack data dir no longer exists."""
+    for slot in base.glob("*"):
+        owner = slot / "owner"
+        if owner.exists() and not Path(owner.read_text()).exists():
+            _signal_stop(slot / "pgdata", timeout=30)
+            shutil.rmtree(slot, ignore_errors=True)
 
 
 def start_postgres(venv: Path, pgdata: Path, log: Path, port: int | None = None) -> Postgres:
@@ -66,8 +134,12 @@ def start_postgres(venv: Path, pgdata: Path, log: Path, port: int | None = None)
     with log.open("ab") as out:
         result = subprocess.run(
             [str(venv_python(venv)), str(SETUP_SCRIPT), str(server.pgdata), str(server.port)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=base_env(), check=False, timeout=300,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=base_env(),
+            check=False,
+            timeout=300,
         )
     if result.returncode != 0:
         _pg_ctl_stop(venv, server.pgdata)

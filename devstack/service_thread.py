@@ -56,6 +56,7 @@ class ServiceThread:
         config = Config()
         config.bind = [f"127.0.0.1:{self.port}"]
         config.graceful_timeout = 2
+        config.backlog = 4096  # a thousand students connecting at once must not overflow the accept queue
         config.accesslog = None
         self._loop.call_soon(self._ready.set)
         await serve(self.app, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from typing import TypeVar
 from devstack._proc import StackError, base_env, free_port, port_is_free, spawn, stop, wait_http_ok
 from devstack.letta_env import ensure_letta_env
 from devstack.letta_server import LettaServer, ModelEndpoint
-from devstack.postgres import Postgres, start_postgres
+from devstack.postgres import Postgres, pgdata_for, start_postgres
 
 SCRIPTED_MODEL_HANDLE = "openai-proxy/scripted"  # provider is "openai-proxy" for a custom base URL
 EMBEDDING_HANDLE = "openai/text-embedding-3-small"
@@ -39,14 +39,25 @@ class LocalStack:
     ``use_env_provider``: point Letta at OPENAI_BASE_URL/OPENAI_API_KEY from the
     environment when set (then pass ``model_handle``, e.g. ``openai/gpt-4o-mini``).
     Tests leave it False so answers always come from the scripted LLM.
+    ``pgdata`` defaults to ``pgdata_for(root_dir, data_dir)``: ``<data_dir>/pgdata``
+    unless running as root below a private directory (see ``devstack.postgres``).
     """
 
-    def __init__(self, root_dir: Path, data_dir: Path, *, use_env_provider: bool = False,
-                 model_handle: str | None = None, embedding_handle: str = EMBEDDING_HANDLE,
-                 letta_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        root_dir: Path,
+        data_dir: Path,
+        *,
+        use_env_provider: bool = False,
+        model_handle: str | None = None,
+        embedding_handle: str = EMBEDDING_HANDLE,
+        pgdata: Path | None = None,
+        letta_timeout: float = 180.0,
+    ) -> None:
         self.root_dir = root_dir.resolve()
         self.data_dir = data_dir.resolve()
         self.logs_dir = self.data_dir / "logs"
+        self.pgdata = (pgdata or pgdata_for(self.root_dir, self.data_dir)).resolve()
         self.real_model = ModelEndpoint.from_environment() if use_env_provider else None
         if self.real_model is not None and model_handle is None:
             raise ValueError("a real provider needs model_handle (e.g. 'openai/gpt-4o-mini')")
@@ -75,8 +86,10 @@ class LocalStack:
             old: dict[str, int] = json.loads(path.read_text())
         except (OSError, ValueError):
             old = {}
-        ports = {name: old[name] if name in old and port_is_free(old[name]) else free_port()
-                 for name in ("postgres", "llm", "letta")}
+        ports = {
+            name: old[name] if name in old and port_is_free(old[name]) else free_port()
+            for name in ("postgres", "llm", "letta")
+        }
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(ports))
         return ports
@@ -84,13 +97,19 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             venv = self._timed(
-                "letta-env", lambda: ensure_letta_env(self.root_dir, log=self.logs_dir / "letta-env.log"))
-            self.postgres = self._timed("postgres", lambda: start_postgres(
-                venv, self.data_dir / "pgdata", self.logs_dir / "postgres-setup.log", self.ports["postgres"]))
+                "letta-env", lambda: ensure_letta_env(self.root_dir, log=self.logs_dir / "letta-env.log")
+            )
+            self.postgres = self._timed(
+                "postgres",
+                lambda: start_postgres(venv, self.pgdata, self.logs_dir / "postgres-setup.log", self.ports["postgres"]),
+            )
             self._timed("scripted-llm", self._start_llm)
             self.letta = LettaServer(
-                venv=venv, home=self.data_dir / "letta-home", log=self.logs_dir / "letta.log",
-                pg_uri=self.postgres.uri, model=self.real_model or ModelEndpoint(self.llm_url),
+                venv=venv,
+                home=self.data_dir / "letta-home",
+                log=self.logs_dir / "letta.log",
+                pg_uri=self.postgres.uri,
+                model=self.real_model or ModelEndpoint(self.llm_url),
                 port=self.ports["letta"],
             )
             letta = self.letta
@@ -102,8 +121,15 @@ class LocalStack:
 
     def _start_llm(self) -> None:
         log = self.logs_dir / "scripted-llm.log"
-        cmd = [sys.executable, "-m", "tests.scripted_llm", "--port", str(self.ports["llm"]),
-               "--log-requests", str(self.logs_dir / "llm-requests.jsonl")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.scripted_llm",
+            "--port",
+            str(self.ports["llm"]),
+            "--log-requests",
+            str(self.logs_dir / "llm-requests.jsonl"),
+        ]
         self.llm_proc = spawn(cmd, log, env=base_env(), cwd=self.root_dir)
         proc = self.llm_proc
         wait_http_ok(f"{self.llm_url}/models", 30, lambda: proc.poll() is None, "scripted LLM", log)
@@ -116,25 +142,22 @@ class LocalStack:
 
     def stop(self) -> None:
         """Reverse order; each step runs even if an earlier one failed."""
-        t = time.monotonic()
         if self.letta is not None:
             self.letta.stop()
             self.letta = None
-        print("DEBUG letta stopped", time.monotonic() - t)
         if self.llm_proc is not None:
             stop(self.llm_proc)
             self.llm_proc = None
-        print("DEBUG llm stopped", time.monotonic() - t)
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
-        print("DEBUG pg stopped", time.monotonic() - t)
 
     def __enter__(self) -> LocalStack:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -146,13 +169,13 @@ def main(argv: list[str] | None = None) -> None:
     """Start the stack, print its URLs, wait for Ctrl-C (or SIGTERM), stop it."""
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=main.__doc__)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".stack" / "data")
-    parser.add_argument("--env-provider", action="store_true",
-                        help="use OPENAI_BASE_URL/OPENAI_API_KEY instead of the scripted LLM")
+    parser.add_argument(
+        "--env-provider", action="store_true", help="use OPENAI_BASE_URL/OPENAI_API_KEY instead of the scripted LLM"
+    )
     parser.add_argument("--model-handle", default=os.environ.get("LETTA_MODEL_HANDLE"))
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    stack = LocalStack(REPO_ROOT, args.data_dir, use_env_provider=args.env_provider,
-                       model_handle=args.model_handle)
+    stack = LocalStack(REPO_ROOT, args.data_dir, use_env_provider=args.env_provider, model_handle=args.model_handle)
     try:
         with stack:
             print(f"LETTA_URL={stack.letta_url}", flush=True)

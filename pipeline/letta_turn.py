@@ -36,12 +36,18 @@ log = logging.getLogger(__name__)
 
 @attrs.define
 class LettaTurn:
-    """An open stream of one turn of ``agent_id``; remembers the ``run_id`` once a chunk names it."""
+    """An open stream of one turn of ``agent_id``; remembers the ``run_id`` once a chunk names it.
+
+    ``control`` is the client that cancels the run.  A service holding thousands of
+    streams gives it its own small connection pool, so a burst of cancels is not
+    queued behind (or slowed by) the pool the streams occupy.
+    """
 
     client: AsyncLetta
     agent_id: str
     stream: AsyncStream[Any]
     run_id: str | None = None
+    control: AsyncLetta | None = None
 
     async def chunks(self) -> AsyncIterator[Any]:
         """The stream's chunks, noting the run id on the way."""
@@ -53,7 +59,8 @@ class LettaTurn:
 
     async def cancel_run(self) -> None:
         """Ask Letta to stop this turn's run (all of the agent's runs if the id is not known yet)."""
-        await self.client.agents.messages.cancel(self.agent_id, run_ids=[self.run_id] if self.run_id else omit)
+        client = self.control or self.client
+        await client.agents.messages.cancel(self.agent_id, run_ids=[self.run_id] if self.run_id else omit)
 
     async def aclose(self) -> None:
         """Close the HTTP response under the stream."""
@@ -68,6 +75,7 @@ async def start_turn(
     stream_tokens: bool = True,
     thinking: bool = True,
     max_steps: int | None = None,
+    control: AsyncLetta | None = None,
 ) -> LettaTurn:
     """Send ``message`` to the agent and return its open stream.
 
@@ -83,7 +91,7 @@ async def start_turn(
         enable_thinking="true" if thinking else "false",
         max_steps=max_steps if max_steps is not None else omit,
     )
-    return LettaTurn(client, agent_id, stream)
+    return LettaTurn(client, agent_id, stream, control=control)
 
 
 def describe_upstream_error(exc: Exception) -> Error:
@@ -114,8 +122,10 @@ async def letta_source(turn: LettaTurn, send: Send, *, cancel_timeout: float = C
             await turn.aclose()
     finally:
         if not finished:
-            with anyio.move_on_after(cancel_timeout, shield=True):
+            with anyio.move_on_after(cancel_timeout, shield=True) as waited:
                 try:
                     await turn.cancel_run()
                 except Exception as exc:  # the turn is being abandoned: report, don't mask the cause
                     log.warning("cancelling Letta run %s failed: %r", turn.run_id, exc)
+            if waited.cancelled_caught:
+                log.warning("cancelling Letta run %s timed out after %s s", turn.run_id, cancel_timeout)

@@ -59,7 +59,7 @@ async def chat() -> dict[str, Any]:
             response = await svc.client.agents.messages.create(body.agent_id, input=body.message)
     except anyio.get_cancelled_exc_class():
         with anyio.move_on_after(svc.settings.cancel_timeout, shield=True):
-            await svc.client.agents.messages.cancel(body.agent_id)
+            await (svc.control or svc.client).agents.messages.cancel(body.agent_id)
         raise
     finally:
         svc.guard.release(body.agent_id)
@@ -99,6 +99,7 @@ async def chat_stream() -> Response:
                 body.message,
                 stream_tokens=body.stream_tokens,
                 thinking=body.enable_thinking,
+                control=svc.control,
             )
     except BaseException:
         svc.guard.release(body.agent_id)

@@ -18,7 +18,7 @@ async def health() -> tuple[dict[str, Any], int]:
     letta: dict[str, Any] = {"url": services().settings.letta_base_url}
     try:
         with anyio.fail_after(2):
-            answer = await services().client.health()
+            answer = await (services().control or services().client).health()
         letta.update(ok=True, version=answer.version)
     except Exception as exc:  # any failure to answer is "not ok": report it, don't raise
         letta.update(ok=False, error=type(exc).__name__)

@@ -1,24 +1,17 @@
 """Fixtures for tests against the real local stack (Postgres, scripted LLM, Letta).
 
-The stack is started once per session; a start failure FAILS the tests with
-the component's log tail (a silently skipped integration suite hides breakage).
+The session-scoped ``letta_stack`` lives in ``tests/conftest.py`` (shared with
+the e2e suite); a start failure FAILS the tests with the component's log tail.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+from letta_client import AsyncLetta
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `devstack` and `tests.scripted_llm` live at the repo root
-    sys.path.insert(0, str(REPO_ROOT))
-
-from letta_client import AsyncLetta  # noqa: E402
-
-from devstack.stack import LocalStack  # noqa: E402
+from devstack.stack import LocalStack
 
 
 @pytest.fixture

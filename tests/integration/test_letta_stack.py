@@ -8,6 +8,7 @@ These tests pin down the ``message_type`` sequences the bridge has to map
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 from typing import Any
 
@@ -138,19 +139,39 @@ async def test_non_streaming_create_returns_answer(letta_client: AsyncLetta, age
     response = await letta_client.agents.messages.create(agent_id, input=prompt)
 
     assert [m.message_type for m in response.messages] == ["assistant_message"]
-    assert response.messages[0].content == expected_answer(prompt) == "w1 w2 w3 w4 w5 w6 w7"
+    (answer,) = of_type(response.messages, "assistant_message")
+    assert answer.content == expected_answer(prompt) == "w1 w2 w3 w4 w5 w6 w7"
     assert response.stop_reason.stop_reason == "end_turn"
 
 
 async def test_agent_survives_stack_restart(letta_stack: LocalStack, letta_client: AsyncLetta, agent_id: str) -> None:
     """The data dir is reused: the agent and its history are still there and it still answers."""
     await letta_client.agents.messages.create(agent_id, input="remember me")
+    began = time.monotonic()
     letta_stack.stop()
     letta_stack.start()
+    print(f"\nstack restart took {time.monotonic() - began:.1f} s: {letta_stack.startup_seconds}")
 
     agent = await letta_client.agents.retrieve(agent_id)
     assert agent.id == agent_id
     history = [m async for m in letta_client.agents.messages.list(agent_id)]
     assert any(getattr(m, "content", None) == "remember me" for m in history)
     response = await letta_client.agents.messages.create(agent_id, input="again")
-    assert response.messages[-1].content == expected_answer("again")
+    assert [m.content for m in of_type(response.messages, "assistant_message")] == [expected_answer("again")]
+
+
+async def test_slow_marker_paces_the_deltas(letta_client: AsyncLetta, agent_id: str) -> None:
+    """Letta forwards deltas as they come: the scripted pacing is visible to a consumer."""
+    prompt = "[slow 150] [long 6]"
+    arrivals: list[float] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stream = await letta_client.agents.messages.stream(agent_id, input=prompt, stream_tokens=True)
+    async with stream:
+        async for message in stream:
+            if message.message_type == "assistant_message":
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == 6
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert min(gaps) > 0.05, gaps
+    assert arrivals[-1] - arrivals[0] > 0.5

@@ -1,0 +1,1 @@
+"""Benchmarks for letta-stream: ``python -m bench [--quick]``."""

@@ -1,0 +1,70 @@
+"""``python -m bench [--quick] [--skip real_letta,...]``: run the benchmarks, write bench/results/latest.{md,json}.
+
+``--quick`` (a smoke run: small N, one run per figure, no real Letta) writes quick.{md,json} instead.
+
+Sanity failures (a missing, duplicated or reordered event, a stream that did not end)
+raise and exit non-zero; timings never fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import concurrency, latency, real_letta, report, stages
+from .letta_emulator import raise_fd_limit
+from .procs import Child, loadavg, machine
+
+PARTS = ("latency", "concurrency", "stages", "real_letta")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small N, few runs: a smoke run of a few seconds")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
+    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5, quick 1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    if args.quick:
+        skip.add("real_letta")  # the real stack takes ~30 s to start: not a smoke run
+    runs = args.runs or (1 if args.quick else 5)
+    raise_fd_limit()
+    began = time.monotonic()
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "runs": runs,
+        "machine": machine(),
+        "skipped": {part: "--skip" if part in args.skip else "--quick" for part in skip},
+    }
+    print(f"machine: {results['machine']}", flush=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="letta-stream-bench-"))
+    print(f"child logs: {log_dir}", flush=True)
+    with Child("bench.letta_emulator", health="/v1/health/", log=log_dir / "emulator.log") as emulator:
+        if "latency" not in skip:
+            print("latency / throughput:", flush=True)
+            results["latency"] = latency.run(emulator, args.quick, runs, log_dir)
+        if "concurrency" not in skip:
+            print("concurrency:", flush=True)
+            results["concurrency"] = concurrency.run(emulator, args.quick, log_dir)
+    if "stages" not in skip:
+        print("stages in-process:", flush=True)
+        results["stages"] = stages.run(args.quick, runs)
+    if "real_letta" not in skip:
+        print("real Letta server:", flush=True)
+        results["real_letta"] = real_letta.run(args.quick, runs, log_dir)
+    results["loadavg_end"] = loadavg()
+    results["seconds"] = round(time.monotonic() - began, 1)
+    path = report.write(results, args.out)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""letta-stream on real hypercorn in its own process, for the bench.
+
+``python -m bench.service_proc --port P --letta URL --window W --keepalive K [--pool N]``
+
+``--pool 0`` (default) keeps the app's own Letta client (letta-client's default
+connection pool: 100 connections).  ``--pool N`` hands ``create_app`` a client with
+an N-connection pool instead, to measure what the service can do once that limit
+is raised.  Binds 127.0.0.1 only; stops on SIGTERM/SIGINT through hypercorn's
+shutdown trigger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import signal
+import time
+
+import attrs
+import httpx
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from letta_client import AsyncLetta
+
+from app.factory import create_app
+from app.settings import Settings
+
+from .client import TOKEN
+from .letta_emulator import raise_fd_limit
+
+
+def build_client(settings: Settings, pool: int) -> AsyncLetta | None:
+    if pool <= 0:
+        return None
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=min(pool, 100))
+    return AsyncLetta(
+        base_url=settings.letta_base_url,
+        timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
+        max_retries=0,
+        http_client=httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(settings.letta_timeout, connect=5.0)),
+    )
+
+
+def log_gc_pauses(threshold_s: float = 0.02) -> None:
+    """Print garbage-collector pauses longer than ``threshold_s`` (for --diagnose)."""
+    began: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began["t"] = time.perf_counter()
+        elif "t" in began and (took := time.perf_counter() - began.pop("t")) > threshold_s:
+            print(f"gc gen{info['generation']} pause {took * 1000:.0f} ms, collected {info['collected']}", flush=True)
+
+    gc.callbacks.append(callback)
+
+
+async def log_loop_lag(threshold_s: float = 0.1) -> None:
+    """Print event-loop stalls longer than ``threshold_s`` (for --diagnose)."""
+    while True:
+        began = time.perf_counter()
+        await asyncio.sleep(0.05)
+        if (lag := time.perf_counter() - began - 0.05) > threshold_s:
+            print(f"loop stalled {lag * 1000:.0f} ms", flush=True)
+
+
+async def run(args: argparse.Namespace) -> None:
+    values = {
+        "letta_base_url": args.letta,
+        "throttle_window": args.window,
+        "keepalive_interval": args.keepalive,
+        "model": args.model,
+        "embedding": args.embedding,
+        "service_token": TOKEN,
+    }
+    known = {field.name for field in attrs.fields(Settings)}
+    settings = Settings(**{k: v for k, v in values.items() if k in known})
+    app = create_app(settings, client=build_client(settings, args.pool))
+    config = Config()
+    config.bind = [f"127.0.0.1:{args.port}"]
+    config.backlog = 4096
+    config.accesslog = None
+    config.graceful_timeout = 1
+    config.keep_alive_timeout = 75
+    if args.diagnose:
+        log_gc_pauses()
+        probe = asyncio.create_task(log_loop_lag())
+        probe.add_done_callback(lambda _: None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(app, config, shutdown_trigger=stop.wait)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.service_proc")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--letta", required=True)
+    parser.add_argument("--window", type=float, default=0.05)
+    parser.add_argument("--keepalive", type=float, default=15.0)
+    parser.add_argument("--pool", type=int, default=0)
+    parser.add_argument("--diagnose", action="store_true", help="log GC pauses and event-loop stalls")
+    parser.add_argument("--model", default="openai/gpt-4o-mini")
+    parser.add_argument("--embedding", default="openai/text-embedding-3-small")
+    args = parser.parse_args()
+    raise_fd_limit()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
