@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from letta_client import AsyncLetta
 from quart import Quart
@@ -11,13 +12,14 @@ from werkzeug.exceptions import HTTPException
 
 from .agents import AgentRegistry
 from .auth import install_auth
+from .cancels import RunCanceller
 from .connection import StreamingConnection
 from .errors import ApiError
 from .request_ids import install_request_ids
 from .routes import agents, chat, health, metrics
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
-from .upstream import CONTROL_CONNECTIONS, make_client
+from .upstream import make_client
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,29 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     app.asgi_http_class = StreamingConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     owns_client = client is None
-    letta = client if client is not None else make_client(settings)
-    control = client if client is not None else make_client(settings, max_connections=CONTROL_CONNECTIONS)
-    svc = Services(settings, letta, AgentRegistry(letta, settings.model, settings.embedding), control=control)
+    letta = client if client is not None else make_client(settings, max_connections=64)
+    control = (
+        client if client is not None else make_client(settings, max_connections=settings.letta_control_connections)
+    )
+    shards = settings.letta_pool_shards
+    per_shard = -(-settings.letta_max_connections // shards)
+    streams = (
+        [client] if client is not None else [make_client(settings, max_connections=per_shard) for _ in range(shards)]
+    )
+    registry = AgentRegistry(letta, settings.model, settings.embedding)
+    canceller = RunCanceller(control)
+    svc = Services(settings, letta, registry, control=control, streams=streams, canceller=canceller)
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 15  # time to send the cancels of streams cut at shutdown
     app.extensions[EXTENSION] = svc
     for module in (health, metrics, agents, chat):
         app.register_blueprint(module.blueprint)
     install_request_ids(app)
     install_auth(app, settings.service_token)
+
+    @app.before_serving
+    async def start_canceller() -> None:
+        shutdown = cast(asyncio.Event, app.shutdown_event)  # Quart types it as a Protocol without wait()
+        app.add_background_task(canceller.run, shutdown.wait)
 
     @app.before_serving
     async def load_agents() -> None:
@@ -49,8 +66,8 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     @app.after_serving
     async def close_client() -> None:
         if owns_client:
-            await letta.close()
-            await control.close()
+            for owned in (letta, control, *streams):
+                await owned.close()
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:

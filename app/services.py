@@ -11,6 +11,7 @@ from quart import current_app, request
 
 from .agents import AgentRegistry
 from .bodies import parse_body
+from .cancels import RunCanceller
 from .errors import InvalidRequest
 from .metrics import StreamMetrics
 from .settings import Settings
@@ -28,8 +29,24 @@ class Services:
     registry: AgentRegistry
     control: AsyncLetta | None = None
     """A small separate client for cancels and health checks (defaults to ``client``)."""
+    streams: list[AsyncLetta] = attrs.Factory(list)
+    """Clients whose pools carry the open streams (defaults to ``[client]``), used in turn."""
     guard: TurnGuard = attrs.Factory(TurnGuard)
     metrics: StreamMetrics = attrs.Factory(StreamMetrics)
+    canceller: RunCanceller | None = None
+    """Where abandoned runs are queued for cancelling (set by the app; ``None`` cancels inline)."""
+    _next: int = 0
+
+    def stream_client(self) -> AsyncLetta:
+        """The client for the next stream.
+
+        httpx's pool does work proportional to its open connections on every request
+        and every close, so thousands of streams in one pool make setup and a burst of
+        disconnects quadratic; shards keep each pool small.
+        """
+        pool = self.streams or [self.client]
+        self._next = (self._next + 1) % len(pool)
+        return pool[self._next]
 
 
 def services() -> Services:

@@ -33,8 +33,13 @@ class Settings:
     embedding: str = _env("LETTA_EMBEDDING", "openai/text-embedding-3-small")
     throttle_window: float = _env("STREAM_THROTTLE_SECONDS", 0.05)
     keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
-    cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 5.0)
+    cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 30.0)
+    """How long an abandoned stream keeps trying to cancel its run (a burst of disconnects queues them)."""
     letta_max_connections: int = _env("LETTA_MAX_CONNECTIONS", 4096)
+    """Open streams the service may hold at once (each holds one connection to Letta)."""
+    letta_pool_shards: int = _env("LETTA_POOL_SHARDS", 8)
+    letta_control_connections: int = _env("LETTA_CONTROL_CONNECTIONS", 256)
+    """Connections of the separate client that cancels runs and answers health checks."""
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)

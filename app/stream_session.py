@@ -17,7 +17,7 @@ import attrs
 
 from pipeline.errors import ConsumerStalled
 from pipeline.events import Error, Keepalive
-from pipeline.letta_turn import LettaTurn
+from pipeline.letta_turn import Abandon, LettaTurn
 
 from .metrics import StreamMetrics
 from .turns import TurnGuard
@@ -33,6 +33,8 @@ class StreamSession:
     guard: TurnGuard
     metrics: StreamMetrics
     cancel_timeout: float = 5.0
+    abandon: Abandon | None = None
+    """How to give up the turn if the pipeline never started (default: cancel its run now)."""
     started: float = attrs.field(factory=time.monotonic)
     first_event: float | None = None
     events: int = 0
@@ -58,8 +60,8 @@ class StreamSession:
         try:
             if not entered:
                 with anyio.move_on_after(self.cancel_timeout):
+                    await (self.abandon or _cancel_now)(self.turn)
                     await self.turn.aclose()
-                    await self.turn.cancel_run()
         finally:
             self.guard.release(self.agent_id)
             outcome = self._outcome(entered, error)
@@ -81,3 +83,7 @@ class StreamSession:
         if error is not None or self.error_code is not None:
             return "errored"
         return "finished"
+
+
+async def _cancel_now(turn: LettaTurn) -> None:
+    await turn.cancel_run()

@@ -38,10 +38,6 @@ def make_client(settings: Settings, *, max_connections: int | None = None) -> As
     )
 
 
-CONTROL_CONNECTIONS = 16
-"""Connections of the separate client that cancels runs (and answers health checks)."""
-
-
 def translate(exc: Exception, what: str = "agent") -> ApiError:
     """Letta's exception as the error this service answers with."""
     if isinstance(exc, NotFoundError):

@@ -73,7 +73,7 @@ def _latency(res: dict[str, Any]) -> list[str]:
 def _concurrency(rows: list[dict[str, Any]]) -> list[str]:
     out = ["## Concurrent open streams (keepalive-only upstream; late = a gap > 1.5x the keepalive interval)", ""]
     headers = "N|keepalive s|ramp s|upstream pool|got headers|failures|RSS idle MiB|RSS MiB|KiB/stream|service CPU %"
-    headers += "|gap p99 s|gap max s|late streams|cancels|client CPU %|client lag ms"
+    headers += "|gap p99 s|gap max s|late streams|cancels|all cancelled after s|client CPU %|client lag ms"
     out += table(
         headers.split("|"),
         [
@@ -92,6 +92,7 @@ def _concurrency(rows: list[dict[str, Any]]) -> list[str]:
                 x["keepalive_gap_max_s"],
                 x["streams_late"],
                 x["upstream_cancels"],
+                x.get("cancels_s", "–"),
                 x["client_cpu_pct"],
                 x["client_loop_lag_max_ms"],
             ]

@@ -12,7 +12,7 @@ cancel API whenever the stream was not read to its end.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -28,7 +28,7 @@ from letta_client import (
 )
 
 from .events import Error
-from .source import CLOSE_TIMEOUT, read_source
+from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
 from .streams import Send
 
 log = logging.getLogger(__name__)
@@ -107,25 +107,39 @@ def describe_upstream_error(exc: Exception) -> Error:
     return Error(f"Reading the agent's stream failed: {type(exc).__name__}", "upstream_failed")
 
 
-async def letta_source(turn: LettaTurn, send: Send, *, cancel_timeout: float = CLOSE_TIMEOUT) -> None:
-    """Read ``turn`` into ``send``; close it; cancel its run unless it was read to the end.
+Abandon = Callable[[LettaTurn], Awaitable[None]]
+"""What to do with a turn nobody reads to the end (by default: cancel its run now)."""
+
+
+async def letta_source(
+    turn: LettaTurn, send: Send, *, cancel_timeout: float = CLOSE_TIMEOUT, abandon: Abandon | None = None
+) -> None:
+    """Read ``turn`` into ``send``; unless it was read to the end, abandon it; close it.
 
     An upstream failure becomes one :class:`Error` item, so the stream ends with an
-    ``error`` event instead of breaking.  The cancel request is shielded from the
-    cancellation that may have caused it, and bounded by ``cancel_timeout``.
+    ``error`` event instead of breaking.  Abandoning cancels the run (``abandon``
+    replaces that, e.g. to queue the cancel); then the stream's connection is
+    released.  Both are shielded from the cancellation that may have caused them and
+    bounded in time.
     """
     finished = False
     try:
-        try:
-            finished = await read_source(turn.chunks(), send, on_error=describe_upstream_error)
-        finally:
-            await turn.aclose()
+        finished = await read_source(turn.chunks(), send, on_error=describe_upstream_error)
     finally:
         if not finished:
-            with anyio.move_on_after(cancel_timeout, shield=True) as waited:
-                try:
-                    await turn.cancel_run()
-                except Exception as exc:  # the turn is being abandoned: report, don't mask the cause
-                    log.warning("cancelling Letta run %s failed: %r", turn.run_id, exc)
-            if waited.cancelled_caught:
-                log.warning("cancelling Letta run %s timed out after %s s", turn.run_id, cancel_timeout)
+            if abandon is None:
+                await _cancel_run(turn, cancel_timeout)
+            else:
+                with anyio.move_on_after(cancel_timeout, shield=True):
+                    await abandon(turn)
+        await aclose_quietly(turn)
+
+
+async def _cancel_run(turn: LettaTurn, within: float) -> None:
+    with anyio.move_on_after(within, shield=True) as waited:
+        try:
+            await turn.cancel_run()
+        except Exception as exc:  # the turn is being abandoned: report, don't mask the cause
+            log.warning("cancelling Letta run %s failed: %r", turn.run_id, exc)
+    if waited.cancelled_caught:
+        log.warning("cancelling Letta run %s timed out after %s s", turn.run_id, within)

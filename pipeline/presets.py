@@ -14,7 +14,7 @@ from .encode import encode_sse
 from .filter import filter_letta
 from .keepalive import keepalive
 from .letta_map import LettaMapper
-from .letta_turn import LettaTurn, letta_source
+from .letta_turn import Abandon, LettaTurn, letta_source
 from .sse import SSEEncoder
 from .streams import Stage
 from .tap import tap
@@ -47,6 +47,7 @@ def letta_sse(
     send_timeout: float | None = None,
     observe: Callable[[Any], object] | None = None,
     cancel_timeout: float = 5.0,
+    abandon: Abandon | None = None,
     buffer: int = 1,
 ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
     """source → filter → throttle → keepalive → [tap] → encode: the turn as SSE frame bytes.
@@ -62,4 +63,5 @@ def letta_sse(
     if observe is not None:
         stages.append(partial(tap, observe=observe))
     stages.append(partial(encode_sse, encoder=encoder, send_timeout=send_timeout))
-    return open_pipeline(partial(letta_source, turn, cancel_timeout=cancel_timeout), *stages, buffer=buffer)
+    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon)
+    return open_pipeline(source, *stages, buffer=buffer)

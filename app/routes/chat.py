@@ -56,10 +56,11 @@ async def chat() -> dict[str, Any]:
     _claim(svc, body.agent_id)
     try:
         async with letta_errors():
-            response = await svc.client.agents.messages.create(body.agent_id, input=body.message)
+            # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
+            response = await svc.stream_client().agents.messages.create(body.agent_id, input=body.message)
     except anyio.get_cancelled_exc_class():
-        with anyio.move_on_after(svc.settings.cancel_timeout, shield=True):
-            await (svc.control or svc.client).agents.messages.cancel(body.agent_id)
+        if svc.canceller is not None:
+            svc.canceller.submit(body.agent_id, None)
         raise
     finally:
         svc.guard.release(body.agent_id)
@@ -94,7 +95,7 @@ async def chat_stream() -> Response:
     try:
         async with letta_errors():
             turn = await start_turn(
-                svc.client,
+                svc.stream_client(),
                 body.agent_id,
                 body.message,
                 stream_tokens=body.stream_tokens,
@@ -105,7 +106,13 @@ async def chat_stream() -> Response:
         svc.guard.release(body.agent_id)
         raise
     session = StreamSession(
-        g.request_id, body.agent_id, turn, svc.guard, svc.metrics, cancel_timeout=svc.settings.cancel_timeout
+        g.request_id,
+        body.agent_id,
+        turn,
+        svc.guard,
+        svc.metrics,
+        cancel_timeout=svc.settings.cancel_timeout,
+        abandon=svc.canceller.abandon if svc.canceller else None,
     )
     pipeline = letta_sse(
         turn,
@@ -115,5 +122,6 @@ async def chat_stream() -> Response:
         send_timeout=svc.settings.send_timeout,
         cancel_timeout=svc.settings.cancel_timeout,
         observe=session.observe,
+        abandon=svc.canceller.abandon if svc.canceller else None,
     )
     return sse_response(pipeline, session.finalize)

@@ -60,7 +60,7 @@ async def test_a_thousand_disconnects_leave_no_task_and_cancel_every_run(emulato
     async with httpx.AsyncClient(base_url=emulator, timeout=30) as letta:
         spec = {"n": STREAMS, "prefix": "scale", "agent": {"tags": ["letta-stream", "agent_type:tutor"]}}
         agent_ids: list[str] = (await letta.post("/bench/agents", json=spec)).json()
-    settings = Settings(letta_base_url=emulator, keepalive_interval=1.0, cancel_timeout=20.0)
+    settings = Settings(letta_base_url=emulator, keepalive_interval=1.0)  # default pools and cancel queue
     service = ServiceThread(settings)
     await anyio.to_thread.run_sync(service.start)
     try:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 
 class FakeStream:
@@ -69,7 +70,9 @@ class FakeTurn:
             yield chunk
 
     async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()  # real closing does I/O: it must run shielded when the turn is cancelled
         self.closed = True
 
     async def cancel_run(self) -> None:
+        await anyio.lowlevel.checkpoint()
         self.cancelled = True

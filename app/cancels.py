@@ -1,0 +1,83 @@
+"""Cancelling abandoned Letta runs from a queue, a few at a time.
+
+Closing a Letta stream does not stop its run, so every stream the client abandons
+ends with a cancel request.  Sent from each stream's own teardown, a burst of
+disconnects (a class closing their laptops, a proxy restart) becomes thousands of
+requests at once: the HTTP pool thrashes, per-request time limits fire while the
+requests still wait for a connection, and most cancels never reach Letta.  Here a
+stream only *submits* its run (instant, so teardown stays fast) and a fixed number
+of workers send the cancels steadily, each with its own time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from letta_client import AsyncLetta, omit
+
+from pipeline.letta_turn import LettaTurn
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class RunRef:
+    agent_id: str
+    run_id: str | None
+
+
+def _stream() -> tuple[MemoryObjectSendStream[RunRef], MemoryObjectReceiveStream[RunRef]]:
+    return anyio.create_memory_object_stream[RunRef](10_000)
+
+
+@attrs.define
+class RunCanceller:
+    """``submit`` runs to cancel; ``run`` (one task for the app's lifetime) sends the cancels."""
+
+    client: AsyncLetta
+    workers: int = 16
+    request_timeout: float = 10.0
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    _queue: tuple[MemoryObjectSendStream[RunRef], MemoryObjectReceiveStream[RunRef]] = attrs.field(
+        factory=_stream, init=False
+    )
+
+    def submit(self, agent_id: str, run_id: str | None) -> None:
+        """Queue a cancel; never waits.  A full queue (10,000 pending) drops it, with a warning."""
+        try:
+            self._queue[0].send_nowait(RunRef(agent_id, run_id))
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.dropped += 1
+            log.warning("cancel of Letta run %s not queued (queue full or closed)", run_id)
+
+    async def abandon(self, turn: LettaTurn) -> None:
+        """The pipeline's ``abandon`` hook: queue the turn's cancel."""
+        self.submit(turn.agent_id, turn.run_id)
+
+    async def run(self, stopping: Callable[[], Awaitable[object]]) -> None:
+        """Send cancels until ``stopping()`` returns, then those still queued, then return."""
+        send, recv = self._queue
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.workers):
+                tg.start_soon(self._work, recv)
+            await stopping()
+            send.close()
+
+    async def _work(self, recv: MemoryObjectReceiveStream[RunRef]) -> None:
+        async for ref in recv:
+            try:
+                await self.client.agents.messages.cancel(
+                    ref.agent_id,
+                    run_ids=[ref.run_id] if ref.run_id else omit,
+                    timeout=self.request_timeout,
+                )
+                self.sent += 1
+            except Exception as exc:  # one failed cancel must not stop the others
+                self.failed += 1
+                log.warning("cancelling Letta run %s failed: %r", ref.run_id, exc)
