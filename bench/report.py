@@ -92,7 +92,7 @@ def _concurrency(rows: list[dict[str, Any]]) -> list[str]:
                 x["keepalive_gap_max_s"],
                 x["streams_late"],
                 x["upstream_cancels"],
-                x.get("cancels_s", "–"),
+                x.get("cancels_s", "-"),
                 x["client_cpu_pct"],
                 x["client_loop_lag_max_ms"],
             ]
