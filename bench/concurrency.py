@@ -189,9 +189,7 @@ def one(emulator: Child, n: int, pool: int, keepalive_s: float, hold: float, log
 
 def run(emulator: Child, quick: bool, log_dir: Path) -> list[dict[str, Any]]:
     plans = (
-        [(50, 0, 0.5)]
-        if quick
-        else [*[(n, 0, 1.0) for n in (100, 500, 1000, 2000)], (2000, 0, 5.0), (2000, 4096, 5.0)]
+        [(50, 0, 0.5)] if quick else [*[(n, 0, 1.0) for n in (100, 500, 1000, 2000)], (2000, 0, 5.0), (2000, 4096, 5.0)]
     )
     rows = []
     for n, pool, keepalive_s in plans:
