@@ -7,14 +7,15 @@ from typing import Any
 import anyio
 from quart import Blueprint, Response, g
 
-from pipeline.events import Done, Error, Reasoning, Text, ToolCall, ToolResult
+from pipeline.events import Error
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import start_turn
 from pipeline.presets import letta_sse
 
 from ..agents import AgentRegistry
-from ..bodies import AgentInfo, ChatReply, ChatRequest, StreamRequest, ToolUse, to_json
+from ..bodies import AgentInfo, ChatRequest, StreamRequest, to_json
 from ..errors import InvalidRequest, NotFound, UpstreamError
+from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
 from ..sse_body import sse_response
 from ..stream_session import StreamSession
@@ -64,22 +65,10 @@ async def chat() -> dict[str, Any]:
         raise
     finally:
         svc.guard.release(body.agent_id)
-    mapper = LettaMapper()
-    events = [e for m in response.messages for e in mapper.feed(m)]
-    mapper.stop_reason = getattr(response.stop_reason, "stop_reason", None) or "end_turn"
-    events += mapper.finish()
-    failure = next((e for e in events if isinstance(e, Error)), None)
-    if failure is not None:
-        raise UpstreamError(failure.message, code_from_agent=failure.code)
-    results = {e.call_id: e.ok for e in events if isinstance(e, ToolResult)}
-    reply = ChatReply(
-        agent_id=body.agent_id,
-        response="".join(e.content for e in events if isinstance(e, Text)),
-        reasoning="".join(e.content for e in events if isinstance(e, Reasoning)),
-        tools=[ToolUse(e.name, e.arguments, results.get(e.call_id)) for e in events if isinstance(e, ToolCall)],
-        stop_reason=next((e.stop_reason for e in events if isinstance(e, Done)), None),
-        run_id=mapper.run_id,
-    )
+    events, mapper = turn_events(response)
+    reply = chat_reply(body.agent_id, events, mapper.run_id)
+    if isinstance(reply, Error):
+        raise UpstreamError(reply.message, code_from_agent=reply.code)
     result: dict[str, Any] = to_json(reply)
     return result
 
