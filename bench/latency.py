@@ -115,8 +115,8 @@ def run(emulator: Child, quick: bool, runs: int, log_dir: Any) -> dict[str, Any]
             Target(
                 "direct",
                 emulator.port,
-                f"/v1/agents/{agent_id}/messages/stream",
-                {"stream_tokens": True, "include_pings": True},
+                f"/v1/agents/{agent_id}/messages",
+                {"streaming": True, "stream_tokens": True, "include_pings": True},
                 "input",
             )
         ]

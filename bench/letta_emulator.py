@@ -2,7 +2,8 @@
 
 It serves what letta-stream calls: ``GET /v1/health/``, ``GET /v1/agents/`` (tag
 filter, ``after`` paging), ``GET /v1/agents/{id}``, ``POST /v1/agents/``,
-``POST /v1/agents/{id}/messages/stream`` and ``POST /v1/agents/{id}/messages/cancel``.
+``POST /v1/agents/{id}/messages`` with ``streaming: true`` (and the older ``.../messages/stream``)
+and ``POST /v1/agents/{id}/messages/cancel``.
 
 The stream is framed like Letta 0.16.8's: ``data: {json}\\n\\n`` chunks with no
 ``event:`` lines (letta-client's ``AsyncStream`` only yields events whose ``event`` is
@@ -148,6 +149,11 @@ class Emulator:
             return await self.reply(writer, 200, agent)
         if len(parts) == 6 and parts[4:] == ["messages", "stream"] and method == "POST":
             return await self.stream(parts[3], json.loads(raw or b"{}"), writer)
+        if len(parts) == 5 and parts[4] == "messages" and method == "POST":  # messages.create(streaming=True)
+            body = json.loads(raw or b"{}")
+            if not body.get("streaming"):
+                return await self.reply(writer, 400, {"detail": "the emulator serves streaming=true only"})
+            return await self.stream(parts[3], body, writer)
         if len(parts) == 6 and parts[4:] == ["messages", "cancel"] and method == "POST":
             self.cancels += 1
             return await self.reply(writer, 200, {})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,9 @@ async def direct(client: AsyncLetta, agent_id: str, prompt: str) -> tuple[float,
     began = time.monotonic_ns()
     first = 0
     parts = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        stream = await client.agents.messages.stream(
-            agent_id, input=prompt, stream_tokens=True, include_pings=True, enable_thinking="false"
-        )
+    stream = await client.agents.messages.create(  # the same call the service makes
+        agent_id, streaming=True, input=prompt, stream_tokens=True, include_pings=True, enable_thinking="false"
+    )
     async with stream:
         async for chunk in stream:
             if isinstance(chunk, AssistantMessage) and isinstance(chunk.content, str):
@@ -51,10 +48,10 @@ async def direct(client: AsyncLetta, agent_id: str, prompt: str) -> tuple[float,
 
 async def raw_tail(url: str, agent_id: str) -> list[str]:
     """The last lines of a real stream, as bytes on the wire."""
-    body = {"input": "hello", "stream_tokens": True, "include_pings": True}
+    body = {"input": "hello", "streaming": True, "stream_tokens": True, "include_pings": True}
     async with (
         httpx.AsyncClient(timeout=60) as http,
-        http.stream("POST", f"{url}/v1/agents/{agent_id}/messages/stream", json=body) as response,
+        http.stream("POST", f"{url}/v1/agents/{agent_id}/messages", json=body) as response,
     ):
         text = (await response.aread()).decode()
     frames = [f for f in text.split("\n\n") if f]

@@ -1,6 +1,7 @@
 """One agent turn streamed from a Letta server, and the source stage that reads it.
 
-``AsyncLetta.agents.messages.stream()`` is a coroutine returning an ``AsyncStream``:
+``AsyncLetta.agents.messages.create(streaming=True)`` (the successor of the deprecated
+``messages.stream()``, same server path in Letta 0.16.8) is a coroutine returning an ``AsyncStream``:
 :func:`start_turn` awaits it, so an unknown agent or an unreachable server raises
 *before* anything is streamed (a web view can still answer 404/502).
 
@@ -83,8 +84,9 @@ async def start_turn(
     any chunk is read.  The caller owns the returned turn and must close it
     (:func:`letta_source` does).
     """
-    stream = await client.agents.messages.stream(
+    stream = await client.agents.messages.create(  # POST /v1/agents/{id}/messages, streaming=true
         agent_id,
+        streaming=True,
         input=message,
         stream_tokens=stream_tokens,
         include_pings=True,

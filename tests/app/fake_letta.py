@@ -45,14 +45,12 @@ class FakeMessages:
         self.cancelled: list[str] = []
         self.reply = ["Hello", " student"]
 
-    async def stream(self, agent_id: str, **kwargs: Any) -> FakeStream:
+    async def create(self, agent_id: str, *, streaming: bool = False, **kwargs: Any) -> LettaResponse | FakeStream:
         self._letta.check(agent_id)
-        stream = FakeStream(c.answer_turn(self.reply))
-        self.streams.append(stream)
-        return stream
-
-    async def create(self, agent_id: str, **kwargs: Any) -> LettaResponse:
-        self._letta.check(agent_id)
+        if streaming:
+            stream = FakeStream(c.answer_turn(self.reply))
+            self.streams.append(stream)
+            return stream
         messages = [c.reasoning("hmm"), *[c.assistant(w) for w in self.reply]]
         return LettaResponse.model_construct(messages=messages, stop_reason=c.stop(), usage=c.usage())
 

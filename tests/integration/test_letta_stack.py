@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import warnings
 from typing import Any
 
 import pytest
@@ -22,10 +21,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
 async def collect(client: AsyncLetta, agent_id: str, prompt: str, *, stream_tokens: bool = True) -> list[Any]:
-    """Every streamed message for one turn (the SDK warns that ``stream`` is deprecated)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        stream = await client.agents.messages.stream(agent_id, input=prompt, stream_tokens=stream_tokens)
+    """Every streamed message for one turn (``messages.create(streaming=True)``, as the service calls it)."""
+    stream = await client.agents.messages.create(agent_id, streaming=True, input=prompt, stream_tokens=stream_tokens)
     async with stream:
         return [message async for message in stream]
 
@@ -97,9 +94,9 @@ async def test_model_failure_streams_stop_reason_then_raises(letta_client: Async
     seen: list[Any] = []
 
     async def drain() -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            stream = await letta_client.agents.messages.stream(agent_id, input="[fail] now", stream_tokens=True)
+        stream = await letta_client.agents.messages.create(
+            agent_id, streaming=True, input="[fail] now", stream_tokens=True
+        )
         async with stream:
             async for message in stream:  # keep what arrived before the SDK raises
                 seen.append(message)
@@ -164,9 +161,7 @@ async def test_slow_marker_paces_the_deltas(letta_client: AsyncLetta, agent_id: 
     """Letta forwards deltas as they come: the scripted pacing is visible to a consumer."""
     prompt = "[slow 150] [long 6]"
     arrivals: list[float] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        stream = await letta_client.agents.messages.stream(agent_id, input=prompt, stream_tokens=True)
+    stream = await letta_client.agents.messages.create(agent_id, streaming=True, input=prompt, stream_tokens=True)
     async with stream:
         async for message in stream:
             if message.message_type == "assistant_message":
