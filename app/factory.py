@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any, cast
 
+import anyio
 from letta_client import AsyncLetta
 from quart import Quart
 from werkzeug.exceptions import HTTPException
@@ -19,6 +20,7 @@ from .request_ids import install_request_ids
 from .routes import agents, chat, health, metrics
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
+from .shutdown import drain_before_server_signals
 from .upstream import make_client
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
         app.register_blueprint(module.blueprint)
     install_request_ids(app)
     install_auth(app, settings.service_token)
+
+    @app.before_serving
+    async def prepare_draining() -> None:
+        draining = svc.draining = anyio.Event()
+        drain_before_server_signals(draining.set)
 
     @app.before_serving
     async def start_canceller() -> None:

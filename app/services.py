@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import anyio
 import attrs
 from letta_client import AsyncLetta
 from quart import current_app, request
@@ -35,6 +36,8 @@ class Services:
     metrics: StreamMetrics = attrs.Factory(StreamMetrics)
     canceller: RunCanceller | None = None
     """Where abandoned runs are queued for cancelling (set by the app; ``None`` cancels inline)."""
+    draining: anyio.Event | None = None
+    """Set when the server is stopping: open streams end, new ones are refused (made at startup)."""
     _next: int = 0
 
     def stream_client(self) -> AsyncLetta:

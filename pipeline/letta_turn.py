@@ -113,8 +113,16 @@ Abandon = Callable[[LettaTurn], Awaitable[None]]
 """What to do with a turn nobody reads to the end (by default: cancel its run now)."""
 
 
+SHUTTING_DOWN = Error("The service is restarting. Please send your message again in a moment.", "shutting_down")
+
+
 async def letta_source(
-    turn: LettaTurn, send: Send, *, cancel_timeout: float = CLOSE_TIMEOUT, abandon: Abandon | None = None
+    turn: LettaTurn,
+    send: Send,
+    *,
+    cancel_timeout: float = CLOSE_TIMEOUT,
+    abandon: Abandon | None = None,
+    stop: anyio.Event | None = None,
 ) -> None:
     """Read ``turn`` into ``send``; unless it was read to the end, abandon it; close it.
 
@@ -122,11 +130,14 @@ async def letta_source(
     ``error`` event instead of breaking.  Abandoning cancels the run (``abandon``
     replaces that, e.g. to queue the cancel); then the stream's connection is
     released.  Both are shielded from the cancellation that may have caused them and
-    bounded in time.
+    bounded in time.  When ``stop`` is set, the turn ends with a ``shutting_down`` error
+    event (and is abandoned like any other).
     """
     finished = False
     try:
-        finished = await read_source(turn.chunks(), send, on_error=describe_upstream_error)
+        finished = await read_source(
+            turn.chunks(), send, on_error=describe_upstream_error, stop=stop, on_stop=lambda: SHUTTING_DOWN
+        )
     finally:
         if not finished:
             if abandon is None:

@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .compose import open_pipeline
@@ -48,6 +49,7 @@ def letta_sse(
     observe: Callable[[Any], object] | None = None,
     cancel_timeout: float = 5.0,
     abandon: Abandon | None = None,
+    stop: anyio.Event | None = None,
     buffer: int = 1,
 ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
     """source → filter → throttle → keepalive → [tap] → encode: the turn as SSE frame bytes.
@@ -63,5 +65,5 @@ def letta_sse(
     if observe is not None:
         stages.append(partial(tap, observe=observe))
     stages.append(partial(encode_sse, encoder=encoder, send_timeout=send_timeout))
-    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon)
+    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon, stop=stop)
     return open_pipeline(source, *stages, buffer=buffer)

@@ -37,26 +37,51 @@ async def read_source(
     send: Send,
     *,
     on_error: Callable[[Exception], Any] | None = None,
+    stop: anyio.Event | None = None,
+    on_stop: Callable[[], Any] | None = None,
 ) -> bool:
     """Send every item of ``items``; return ``True`` if it was read to its end.
 
     With ``on_error``, an exception raised by the iterable becomes one last item
     (``on_error(exc)``) instead of tearing the pipeline down, and ``False`` is
-    returned.  Cancellation is never turned into an item.
+    returned.  When ``stop`` is set (a server shutting down), reading ends at once,
+    ``on_stop()`` (if given) is sent as the last item, and ``False`` is returned.
+    Cancellation is never turned into an item.
     """
     with send:
         try:
-            async for item in items:
-                await send.send(item)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return False
-        except Exception as exc:
-            if on_error is None:
-                raise
-            await send.send(on_error(exc))
-            return False
+            if stop is None:
+                return await _pump(items, send, on_error)
+            finished: bool | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_when_set, stop, tg.cancel_scope)
+                finished = await _pump(items, send, on_error)
+                tg.cancel_scope.cancel()
+            if finished is None:  # `stop` cancelled the reading
+                if on_stop is not None:
+                    await send.send(on_stop())
+                return False
+            return finished
         finally:
             await aclose_quietly(items)
+
+
+async def _pump(items: AsyncIterable[Any], send: Send, on_error: Callable[[Exception], Any] | None) -> bool:
+    try:
+        async for item in items:
+            await send.send(item)
+    except anyio.get_cancelled_exc_class():
+        raise
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return False
+    except Exception as exc:
+        if on_error is None:
+            raise
+        await send.send(on_error(exc))
+        return False
     return True
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -17,6 +17,7 @@ from ..bodies import AgentInfo, ChatRequest, StreamRequest, to_json
 from ..errors import InvalidRequest, NotFound, UpstreamError
 from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
+from ..shutdown import ShuttingDown
 from ..sse_body import sse_response
 from ..stream_session import StreamSession
 from ..turns import TurnInProgress
@@ -77,6 +78,8 @@ async def chat() -> dict[str, Any]:
 async def chat_stream() -> Response:
     """Send a message; stream the turn as SSE.  404/502/503 are answered before the stream starts."""
     svc: Services = services()
+    if svc.draining is not None and svc.draining.is_set():
+        raise ShuttingDown("the service is restarting; try again in a moment")
     body = await json_body(StreamRequest)
     _check_message(body, svc.settings.max_message_chars)
     await _agent(svc.registry, body)
@@ -112,5 +115,6 @@ async def chat_stream() -> Response:
         cancel_timeout=svc.settings.cancel_timeout,
         observe=session.observe,
         abandon=svc.canceller.abandon if svc.canceller else None,
+        stop=svc.draining,
     )
     return sse_response(pipeline, session.finalize)

@@ -127,3 +127,13 @@ def partial_source(stream: FakeStream) -> Any:
 
 async def _encode_with_timeout(recv: Any, send: Any) -> None:
     await encode_sse(recv, send, send_timeout=0.05)
+
+
+async def test_while_draining_new_streams_are_refused_with_503(app: Quart) -> None:
+    agent_id = await new_agent(app, "late")
+    draining = svc(app).draining
+    assert draining is not None
+    draining.set()
+    response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "hi"})
+    assert response.status_code == 503
+    assert (await response.get_json())["error"] == "shutting_down"

@@ -41,3 +41,6 @@ async def agent_id(letta_stack: LocalStack, letta_client: AsyncLetta) -> AsyncIt
         yield agent.id
     finally:
         await letta_client.agents.delete(agent.id)
+
+
+from .emulator import emulator  # noqa: E402, F401  (the bench's Letta-API emulator, for scale and shutdown)

@@ -260,3 +260,34 @@ async def test_tap_sees_every_event_in_order_and_passes_it_on() -> None:
     async with open_pipeline(partial(read_source, FakeStream(items)), partial(tap, observe=seen.append)) as recv:
         assert await collect(recv) == items
     assert seen == items
+
+
+async def test_stop_ends_reading_with_a_last_item_and_closes_the_source() -> None:
+    gate = anyio.Event()  # the source stays idle: only `stop` can end it
+    stream = FakeStream([Text("never")], gate=gate)
+    stop = anyio.Event()
+    source = partial(read_source, stream, stop=stop, on_stop=lambda: Error("bye", "shutting_down"))
+    with anyio.fail_after(10):
+        async with open_pipeline(source) as recv:
+            stop.set()
+            assert await collect(recv) == [Error("bye", "shutting_down")]
+    assert stream.closed
+
+
+async def test_stop_never_set_changes_nothing() -> None:
+    items = [Text("a"), Text("b")]
+    async with open_pipeline(partial(read_source, FakeStream(items), stop=anyio.Event())) as recv:
+        assert await collect(recv) == items
+
+
+async def test_stopped_letta_turn_ends_with_shutting_down_and_is_abandoned() -> None:
+    from pipeline.letta_turn import SHUTTING_DOWN
+
+    turn = FakeTurn(FakeStream([c.assistant("x")], gate=anyio.Event()))
+    stop = anyio.Event()
+    stop.set()
+    async with open_pipeline(partial(letta_source, turn, stop=stop), filter_letta) as recv:  # type: ignore[arg-type]
+        events = await collect(recv)
+    assert events == [SHUTTING_DOWN]
+    assert turn.cancelled
+    assert turn.closed
