@@ -103,6 +103,10 @@ def describe_upstream_error(exc: Exception) -> Error:
     if isinstance(exc, APIConnectionError):
         return Error("The agent server could not be reached.", "upstream_unreachable")
     if isinstance(exc, APIStatusError):
+        body = exc.body
+        if isinstance(body, dict) and body.get("message_type") == "error_message":
+            # Letta's own error event mid-stream (e.g. the model failed); the SDK raises it
+            return Error(str(body.get("message") or "The agent failed."), str(body.get("error_type") or "letta_error"))
         return Error(f"The agent server answered {exc.status_code}: {exc.message}", "upstream_status")
     if isinstance(exc, httpx.HTTPError):
         return Error(f"The connection to the agent server failed: {exc}", "upstream_failed")

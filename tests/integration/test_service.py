@@ -146,6 +146,8 @@ async def test_letta_unreachable_is_503_quickly() -> None:
         async with httpx.AsyncClient(base_url=dead.url, timeout=10) as client:
             began = time.monotonic()
             response = await client.post("/chat/stream", json={"agent_id": "agent-1", "message": "hi"})
+            took = time.monotonic() - began
             assert response.status_code == 503
-            assert time.monotonic() - began < 5
+            print(f"503 after {took * 1000:.0f} ms with Letta down")
+            assert took < 5  # a hang guard; the figure is reported
             assert json.loads(response.text)["error"] == "upstream_unavailable"

@@ -136,3 +136,19 @@ def test_nothing_after_finish() -> None:
     mapper.finish()
     assert mapper.feed(c.assistant("late")) == []
     assert mapper.finish() == []
+
+
+def test_letta_error_event_raised_by_the_sdk_keeps_letta_words() -> None:
+    import httpx
+    from letta_client import APIStatusError
+
+    from pipeline.letta_turn import describe_upstream_error
+
+    body = {
+        "message_type": "error_message",
+        "error_type": "llm_error",
+        "message": "An error occurred with the LLM request.",
+    }
+    request = httpx.Request("POST", "http://letta.test/v1/agents/a/messages")
+    exc = APIStatusError("error", response=httpx.Response(200, request=request), body=body)
+    assert describe_upstream_error(exc) == Error("An error occurred with the LLM request.", "llm_error")
