@@ -21,7 +21,7 @@ from .routes import agents, chat, health, metrics
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
 from .shutdown import drain_before_server_signals
-from .upstream import make_client
+from .upstream import LettaClients, make_clients
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,12 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     app = Quart(__name__, static_folder=None)
     app.asgi_http_class = StreamingConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    owns_client = client is None
-    letta = client if client is not None else make_client(settings, max_connections=64)
-    control = (
-        client if client is not None else make_client(settings, max_connections=settings.letta_control_connections)
+    clients = make_clients(settings) if client is None else LettaClients.single(client)
+    registry = AgentRegistry(clients.crud, settings.model, settings.embedding)
+    canceller = RunCanceller(clients.control)
+    svc = Services(
+        settings, clients.crud, registry, control=clients.control, streams=clients.streams, canceller=canceller
     )
-    shards = settings.letta_pool_shards
-    per_shard = -(-settings.letta_max_connections // shards)
-    streams = (
-        [client] if client is not None else [make_client(settings, max_connections=per_shard) for _ in range(shards)]
-    )
-    registry = AgentRegistry(letta, settings.model, settings.embedding)
-    canceller = RunCanceller(control)
-    svc = Services(settings, letta, registry, control=control, streams=streams, canceller=canceller)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 15  # time to send the cancels of streams cut at shutdown
     app.extensions[EXTENSION] = svc
     for module in (health, metrics, agents, chat):
@@ -72,8 +65,8 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
 
     @app.after_serving
     async def close_client() -> None:
-        if owns_client:
-            for owned in (letta, control, *streams):
+        if client is None:  # ours to close; a given client belongs to the caller
+            for owned in clients.owned():
                 await owned.close()
 
     @app.errorhandler(ApiError)

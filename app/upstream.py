@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import httpx
 from letta_client import (
     APIConnectionError,
@@ -35,6 +36,34 @@ def make_client(settings: Settings, *, max_connections: int | None = None) -> As
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 100)),
             timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
         ),
+    )
+
+
+@attrs.frozen
+class LettaClients:
+    """The service's clients: CRUD calls, control calls (cancels, health), and the stream pools."""
+
+    crud: AsyncLetta
+    control: AsyncLetta
+    streams: list[AsyncLetta]
+
+    @classmethod
+    def single(cls, client: AsyncLetta) -> LettaClients:
+        """One given client in every role (tests, benchmarks)."""
+        return cls(client, client, [client])
+
+    def owned(self) -> list[AsyncLetta]:
+        return [self.crud, self.control, *self.streams]
+
+
+def make_clients(settings: Settings) -> LettaClients:
+    """Small pools for CRUD and control; the stream connections spread over ``letta_pool_shards`` pools."""
+    shards = settings.letta_pool_shards
+    per_shard = -(-settings.letta_max_connections // shards)
+    return LettaClients(
+        crud=make_client(settings, max_connections=64),
+        control=make_client(settings, max_connections=settings.letta_control_connections),
+        streams=[make_client(settings, max_connections=per_shard) for _ in range(shards)],
     )
 
 

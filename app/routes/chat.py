@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from quart import Blueprint, Response, g
@@ -12,8 +12,7 @@ from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import start_turn
 from pipeline.presets import letta_sse
 
-from ..agents import AgentRegistry
-from ..bodies import AgentInfo, ChatRequest, StreamRequest, to_json
+from ..bodies import ChatRequest, StreamRequest, to_json
 from ..errors import InvalidRequest, NotFound, UpstreamError
 from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
@@ -26,36 +25,35 @@ from ..upstream import letta_errors
 blueprint = Blueprint("chat", __name__)
 
 
-def _check_message(body: ChatRequest, limit: int) -> None:
+Body = TypeVar("Body", bound=ChatRequest)
+
+
+async def _admit(svc: Services, cls: type[Body]) -> Body:
+    """The request's body, once it is valid, its agent exists and is the user's, and the agent is free.
+
+    On success the agent is claimed: the caller must release it (directly, or through the stream's end).
+    """
+    body = await json_body(cls)
+    limit = svc.settings.max_message_chars
     if len(body.message) > limit:
         raise InvalidRequest(f"message is longer than {limit} characters", field="message")
-
-
-async def _agent(registry: AgentRegistry, body: ChatRequest) -> AgentInfo:
-    """The agent, if it exists and belongs to ``body.user_id`` (when given); else 404, saying no more."""
     async with letta_errors():
-        info = await registry.get(body.agent_id)
+        info = await svc.registry.get(body.agent_id)
     if info is None or (body.user_id is not None and info.user_id != body.user_id):
-        raise NotFound("agent not found")
-    return info
-
-
-def _claim(svc: Services, agent_id: str) -> None:
+        raise NotFound("agent not found")  # unknown or someone else's: the same answer, saying no more
     try:
-        svc.guard.claim(agent_id)
+        svc.guard.claim(body.agent_id)
     except TurnInProgress:
         svc.metrics.refused_busy += 1
         raise
+    return body
 
 
 @blueprint.post("/chat")
 async def chat() -> dict[str, Any]:
     """Send a message; answer with the agent's whole reply once the turn is over."""
     svc = services()
-    body = await json_body(ChatRequest)
-    _check_message(body, svc.settings.max_message_chars)
-    await _agent(svc.registry, body)
-    _claim(svc, body.agent_id)
+    body = await _admit(svc, ChatRequest)
     try:
         async with letta_errors():
             # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
@@ -80,10 +78,7 @@ async def chat_stream() -> Response:
     svc: Services = services()
     if svc.draining is not None and svc.draining.is_set():
         raise ShuttingDown("the service is restarting; try again in a moment")
-    body = await json_body(StreamRequest)
-    _check_message(body, svc.settings.max_message_chars)
-    await _agent(svc.registry, body)
-    _claim(svc, body.agent_id)
+    body = await _admit(svc, StreamRequest)
     try:
         async with letta_errors():
             turn = await start_turn(
