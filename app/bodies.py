@@ -67,6 +67,15 @@ class StreamRequest(ChatRequest):
 
 
 @attrs.frozen
+class CancelRequest:
+    """The stop button: stop ``agent_id``'s turn (``run_id`` if known, else whatever it runs)."""
+
+    agent_id: str = attrs.field(validator=_identifier)
+    user_id: str | None = attrs.field(default=None, validator=_identifier)
+    run_id: str | None = attrs.field(default=None, validator=_identifier)
+
+
+@attrs.frozen
 class AgentInfo:
     agent_id: str
     user_id: str

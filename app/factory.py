@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import anyio
@@ -15,6 +16,7 @@ from .agents import AgentRegistry
 from .auth import install_auth
 from .cancels import RunCanceller
 from .connection import StreamingConnection
+from .detached import DetachedTurns
 from .errors import ApiError
 from .request_ids import install_request_ids
 from .routes import agents, chat, health, metrics
@@ -36,8 +38,15 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     registry = AgentRegistry(clients.crud, settings.model, settings.embedding)
     canceller = RunCanceller(clients.control)
     svc = Services(
-        settings, clients.crud, registry, control=clients.control, streams=clients.streams, canceller=canceller
+        settings,
+        clients.crud,
+        registry,
+        control=clients.control,
+        streams=clients.streams,
+        canceller=canceller,
+        resume=settings.resume,
     )
+    detached = svc.detached = DetachedTurns(svc.guard, canceller, settings.resume_grace)
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 15  # time to send the cancels of streams cut at shutdown
     app.extensions[EXTENSION] = svc
     for module in (health, metrics, agents, chat):
@@ -54,6 +63,19 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     async def start_canceller() -> None:
         shutdown = cast(asyncio.Event, app.shutdown_event)  # Quart types it as a Protocol without wait()
         app.add_background_task(canceller.run, shutdown.wait)
+
+    @app.before_serving
+    async def start_detached_turns() -> None:
+        shutdown = cast(asyncio.Event, app.shutdown_event)
+        draining = svc.draining
+        assert draining is not None
+
+        async def stopping() -> None:  # whichever comes first: a drain (SIGTERM) or the shutdown
+            async with anyio.create_task_group() as tg:
+                for wait in (draining.wait, shutdown.wait):
+                    tg.start_soon(_then_cancel, wait, tg.cancel_scope)
+
+        app.add_background_task(detached.run, stopping)
 
     @app.before_serving
     async def load_agents() -> None:
@@ -85,3 +107,8 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
         return {"error": "internal_error", "message": "the service failed; see its log"}, 500
 
     return app
+
+
+async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
+    await wait()
+    scope.cancel()

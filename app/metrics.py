@@ -38,6 +38,8 @@ class StreamMetrics:
     started: int = 0
     ended: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(OUTCOMES, 0))
     refused_busy: int = 0
+    resumed: int = 0
+    stops: int = 0
     ttfe: Histogram = attrs.field(factory=Histogram)
 
     def start(self) -> None:
@@ -63,6 +65,12 @@ class StreamMetrics:
             "# HELP letta_stream_turns_refused_total Turns refused because the agent was busy (409).",
             "# TYPE letta_stream_turns_refused_total counter",
             f"letta_stream_turns_refused_total {self.refused_busy}",
+            "# HELP letta_stream_streams_resumed_total Streams resumed from a Last-Event-ID.",
+            "# TYPE letta_stream_streams_resumed_total counter",
+            f"letta_stream_streams_resumed_total {self.resumed}",
+            "# HELP letta_stream_stops_total Turns stopped by the client (POST /chat/cancel).",
+            "# TYPE letta_stream_stops_total counter",
+            f"letta_stream_stops_total {self.stops}",
             "# HELP letta_stream_time_to_first_event_seconds From request to the first event sent.",
             "# TYPE letta_stream_time_to_first_event_seconds histogram",
         ]

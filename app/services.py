@@ -13,6 +13,7 @@ from quart import current_app, request
 from .agents import AgentRegistry
 from .bodies import parse_body
 from .cancels import RunCanceller
+from .detached import DetachedTurns
 from .errors import InvalidRequest
 from .metrics import StreamMetrics
 from .settings import Settings
@@ -38,6 +39,10 @@ class Services:
     """Where abandoned runs are queued for cancelling (set by the app; ``None`` cancels inline)."""
     draining: anyio.Event | None = None
     """Set when the server is stopping: open streams end, new ones are refused (made at startup)."""
+    detached: DetachedTurns | None = None
+    """Turns waiting for their client to resume (set by the app; ``None``: no waiting)."""
+    resume: bool = True
+    """Start turns in Letta's background mode (turned off for good when Letta has no Redis)."""
     _next: int = 0
 
     def stream_client(self) -> AsyncLetta:

@@ -41,6 +41,11 @@ class Settings:
     letta_control_connections: int = _env("LETTA_CONTROL_CONNECTIONS", 256)
     """Connections of the separate client that cancels runs and answers health checks."""
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
+    resume: bool = _env("STREAM_RESUME", True)
+    """Start turns in Letta's background mode so a dropped stream can resume (Letta needs Redis;
+    without it the service notices the 503 once and streams without resume)."""
+    resume_grace: float = _env("STREAM_RESUME_GRACE_SECONDS", 30.0)
+    """How long a turn whose client went away keeps running, waiting for it to resume."""
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)
     service_token: str | None = _env("SERVICE_TOKEN", None)

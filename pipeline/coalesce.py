@@ -5,6 +5,7 @@ token is expensive for it.  :class:`Coalescer` holds consecutive deltas of one k
 (answer text or reasoning) and releases them as one event when the window since the
 first of them has passed, when they reach ``max_chars``, or at once when any other
 event arrives — so order is kept and a status or tool event never waits behind text.
+Merged text carries the resume position (``cursor``) of its last part.
 
 It is told the time (``now``) rather than reading a clock, so it is tested without
 an event loop; the :func:`pipeline.throttle.throttle` stage drives it.
@@ -39,6 +40,7 @@ class Coalescer:
     _kind: type[Delta] | None = attrs.field(default=None, init=False)
     _parts: list[str] = attrs.field(factory=list, init=False)
     _pending_chars: int = attrs.field(default=0, init=False)
+    _cursor: str | None = attrs.field(default=None, init=False)
     _since: float = attrs.field(default=0.0, init=False)
 
     def push(self, event: Event, now: float) -> None:
@@ -49,6 +51,7 @@ class Coalescer:
                 self._kind = type(event)
                 self._since = now
             self._parts.append(event.content)
+            self._cursor = event.cursor if event.cursor is not None else self._cursor
             self._pending_chars += len(event.content)
             if self._pending_chars >= self.max_chars:
                 self._release()
@@ -88,9 +91,9 @@ class Coalescer:
     def _release(self) -> None:
         if self._kind is None:
             return
-        self._ready.append(self._kind("".join(self._parts)))
+        self._ready.append(self._kind("".join(self._parts), cursor=self._cursor))
         self._ready_chars += self._pending_chars
-        self._kind, self._parts, self._pending_chars = None, [], 0
+        self._kind, self._parts, self._pending_chars, self._cursor = None, [], 0, None
 
     def _drain_ready(self) -> list[Event]:
         out = list(self._ready)

@@ -13,11 +13,21 @@ from typing import TypeAlias
 import attrs
 
 
+def _cursor() -> str | None:
+    """Every event may carry a resume position (see :mod:`pipeline.cursor`).
+
+    It is metadata, not part of the value: it is left out of equality and of the JSON,
+    and the SSE encoder sends it as the frame's ``id:``.
+    """
+    return attrs.field(default=None, kw_only=True, eq=False, repr=False)  # type: ignore[no-any-return]
+
+
 @attrs.frozen
 class Status:
     """A short line for the user about what the agent is doing ("Thinking...", "Using x...")."""
 
     content: str
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
@@ -25,6 +35,7 @@ class Reasoning:
     """A delta of the agent's visible reasoning.  Consecutive deltas concatenate."""
 
     content: str
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
@@ -32,6 +43,7 @@ class Text:
     """A delta of the assistant's answer.  Consecutive deltas concatenate."""
 
     content: str
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
@@ -41,6 +53,7 @@ class ToolCall:
     name: str
     arguments: str = ""
     call_id: str | None = None
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
@@ -51,6 +64,7 @@ class ToolResult:
     ok: bool
     preview: str = ""
     call_id: str | None = None
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
@@ -70,6 +84,7 @@ class Done:
     stop_reason: str | None = None
     usage: Usage | None = None
     run_id: str | None = None
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
@@ -78,11 +93,18 @@ class Error:
 
     message: str
     code: str = "error"
+    cursor: str | None = _cursor()
 
 
 @attrs.frozen
 class Keepalive:
-    """Nothing to say, but the stream is alive.  Encoded as an SSE comment."""
+    """Nothing to say, but the stream is alive.  Encoded as an SSE comment.
+
+    The first one of a resumable turn carries the turn's starting position (so a
+    stream dropped before any answer can still resume); others carry none.
+    """
+
+    cursor: str | None = _cursor()
 
 
 Event: TypeAlias = Status | Reasoning | Text | ToolCall | ToolResult | Done | Error | Keepalive

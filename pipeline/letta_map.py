@@ -10,6 +10,13 @@ arguments of the call being streamed, the stop reason and the usage.
 
 Events of ours (e.g. an :class:`~pipeline.events.Error` a source made of an upstream
 failure) pass through unchanged.  Anything else it does not know is dropped.
+
+In a resumable turn (Letta's background mode numbers chunks with ``seq_id``) every
+event gets a ``cursor``: the last chunk whose events are all out once this event is.
+The last event a chunk causes carries that chunk's position; the others (and one
+that completes earlier chunks, like a tool call closed by the next chunk) carry the
+position before it; the final ``done`` carries the last position.  Resuming after a cursor therefore repeats no text and
+loses none.  The turn's first keepalive carries position 0 ("from the start").
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from letta_client.types.agents.letta_streaming_response import (
     LettaUsageStatistics,
 )
 
+from .cursor import Cursor
 from .events import (
     Done,
     Error,
@@ -79,14 +87,18 @@ class LettaMapper:
     """Maps one turn's Letta chunks to events.  One instance per turn.
 
     ``show_reasoning=False`` drops reasoning text and the "Thinking..." status
-    ("thinking off"); ``preview_chars`` bounds a tool result's preview.
+    ("thinking off"); ``preview_chars`` bounds a tool result's preview;
+    ``resumable=True`` puts resume positions on the events; ``position`` is where a
+    resumed turn starts (the client already holds it, so no starting keepalive is sent).
     """
 
     show_reasoning: bool = True
     preview_chars: int = 200
+    resumable: bool = False
     run_id: str | None = None
     stop_reason: str | None = None
     usage: Usage | None = None
+    position: str | None = None
     _thinking: bool = attrs.field(default=False, init=False)
     _call: _OpenCall | None = attrs.field(default=None, init=False)
     _tool_names: dict[str, str] = attrs.field(factory=dict, init=False)
@@ -100,6 +112,31 @@ class LettaMapper:
         run_id = getattr(chunk, "run_id", None)
         if isinstance(run_id, str) and run_id:
             self.run_id = run_id
+        if not self.resumable:
+            return self._map(chunk)
+        before = self.position
+        first = before is None and self.run_id is not None
+        if first:
+            before = self.position = str(Cursor(str(self.run_id), 0))
+        seq = getattr(chunk, "seq_id", None)
+        here = str(Cursor(str(self.run_id), seq)) if type(seq) is int and self.run_id else None
+        events = self._map(chunk)
+        if here is not None:
+            self.position = here
+        if first and (not events or not isinstance(events[0], Keepalive)):
+            events.insert(0, Keepalive())
+        # only once the chunk's last event is out are all of its events out
+        last = len(events) - 1
+        return [
+            e
+            if isinstance(e, Keepalive) and not (first and i == 0)
+            else attrs.evolve(e, cursor=here or before)
+            if i == last
+            else attrs.evolve(e, cursor=before)
+            for i, e in enumerate(events)
+        ]
+
+    def _map(self, chunk: object) -> list[Event]:
         out: list[Event] = []
         if isinstance(chunk, ToolCallMessage):
             self._tool_call(chunk, out)
@@ -141,8 +178,12 @@ class LettaMapper:
         out: list[Event] = []
         self._close_call(out)
         self._finished = True
-        if self._failed:
-            return out
+        if not self._failed:
+            out.extend(self._terminal())
+        return [attrs.evolve(e, cursor=self.position) for e in out] if self.resumable else out
+
+    def _terminal(self) -> list[Event]:
+        out: list[Event] = []
         if self.stop_reason is None:
             out.append(Error("The agent's stream ended before the turn finished.", "incomplete"))
         elif self.stop_reason in ERROR_STOP_REASONS:

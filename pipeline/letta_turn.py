@@ -7,7 +7,12 @@
 
 Closing Letta's stream does not stop the run on the server — the model would keep
 working for nobody.  :func:`letta_source` therefore cancels the run through Letta's
-cancel API whenever the stream was not read to its end.
+cancel API whenever the stream was not read to its end (or hands the turn to an
+``abandon`` hook that may wait a little for the client to come back).
+
+A turn started in Letta's background mode (``background=True``, which needs Redis on
+the Letta side) can be read again from any chunk: :func:`resume_turn` reopens it after
+a :class:`~pipeline.cursor.Cursor`, with nothing sent to the agent again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from letta_client import (
     omit,
 )
 
+from .cursor import Cursor
 from .events import Error
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
 from .streams import Send
@@ -49,6 +55,8 @@ class LettaTurn:
     stream: AsyncStream[Any]
     run_id: str | None = None
     control: AsyncLetta | None = None
+    background: bool = False
+    """Started in Letta's background mode: its chunks are numbered and it can be resumed."""
 
     async def chunks(self) -> AsyncIterator[Any]:
         """The stream's chunks, noting the run id on the way."""
@@ -77,12 +85,13 @@ async def start_turn(
     thinking: bool = True,
     max_steps: int | None = None,
     control: AsyncLetta | None = None,
+    background: bool = False,
 ) -> LettaTurn:
     """Send ``message`` to the agent and return its open stream.
 
     Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before
-    any chunk is read.  The caller owns the returned turn and must close it
-    (:func:`letta_source` does).
+    any chunk is read; in background mode a Letta without Redis answers 503 here.
+    The caller owns the returned turn and must close it (:func:`letta_source` does).
     """
     stream = await client.agents.messages.create(  # POST /v1/agents/{id}/messages, streaming=true
         agent_id,
@@ -92,8 +101,24 @@ async def start_turn(
         include_pings=True,
         enable_thinking="true" if thinking else "false",
         max_steps=max_steps if max_steps is not None else omit,
+        background=True if background else omit,
     )
-    return LettaTurn(client, agent_id, stream, control=control)
+    return LettaTurn(client, agent_id, stream, control=control, background=background)
+
+
+async def resume_turn(
+    client: AsyncLetta, agent_id: str, cursor: Cursor, *, control: AsyncLetta | None = None
+) -> LettaTurn:
+    """Reopen the background run ``cursor.run_id`` of ``agent_id`` after chunk ``cursor.seq``.
+
+    Nothing is sent to the agent.  Letta refuses a run that was not started in the
+    background, or is older than its replay horizon (3 hours in 0.16), with an SDK
+    error raised here.  The caller owns the returned turn.
+    """
+    stream = await client.runs.messages.stream(  # POST /v1/runs/{id}/stream
+        cursor.run_id, starting_after=cursor.seq, include_pings=True
+    )
+    return LettaTurn(client, agent_id, stream, run_id=cursor.run_id, control=control, background=True)
 
 
 def describe_upstream_error(exc: Exception) -> Error:

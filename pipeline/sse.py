@@ -1,9 +1,11 @@
 """Server-Sent Events framing, both ways, without I/O.
 
 :class:`SSEEncoder` turns events into the bytes of SSE frames: every data frame has
-an ``id:`` (monotonic per stream), an ``event:`` equal to its ``type`` and one
-``data:`` line of JSON; the first frame also carries a ``retry:`` hint; a keepalive
-is the comment ``: keepalive``.
+an ``event:`` equal to its ``type`` and one ``data:`` line of JSON, and an ``id:``
+when the event carries a resume position (:mod:`pipeline.cursor`); the first frame
+also carries a ``retry:`` hint; a keepalive is the comment ``: keepalive`` (with an
+``id:`` line if it carries a position: no event is dispatched, but the client's
+last event id is set).
 
 :class:`SSEParser` is the other direction, following the WHATWG "event stream
 interpretation" rules: any of CRLF, LF or CR ends a line, a leading BOM is dropped,
@@ -40,12 +42,11 @@ class ServerSentEvent:
 class SSEEncoder:
     """Encodes events as SSE frames for one stream.
 
-    ``next_id`` lets a resumed stream continue the numbering; ``retry_ms`` is sent once,
-    on the first frame, to tell the browser's EventSource how long to wait before it
-    reconnects.
+    ``retry_ms`` is sent once, on the first frame, to tell the browser's EventSource
+    how long to wait before it reconnects.  The ``id:`` of a frame is its event's
+    ``cursor``; an event without one leaves the client's last event id unchanged.
     """
 
-    next_id: int = 1
     retry_ms: int | None = 3000
     _first: bool = attrs.field(default=True, init=False)
 
@@ -56,11 +57,14 @@ class SSEEncoder:
             self._first = False
             if self.retry_ms is not None:
                 head = b"retry: %d\n" % self.retry_ms
+        if event.cursor is not None:
+            if any(c in event.cursor for c in "\r\n\0"):
+                raise ValueError(f"a cursor cannot be an SSE id: {event.cursor!r}")
+            head += f"id: {event.cursor}\n".encode()
         if isinstance(event, Keepalive):
             return head + KEEPALIVE_FRAME
         data = wire.dumps(event)
-        frame = f"id: {self.next_id}\nevent: {wire.WIRE_TYPES[type(event)]}\ndata: {data}\n\n"
-        self.next_id += 1
+        frame = f"event: {wire.WIRE_TYPES[type(event)]}\ndata: {data}\n\n"
         return head + frame.encode("utf-8")
 
 

@@ -14,6 +14,7 @@ import json
 from typing import Any, Final
 
 import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
 from .events import Done, Error, Event, Keepalive, Reasoning, Status, Text, ToolCall, ToolResult
@@ -55,6 +56,11 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(str, strict(str))
     converter.register_structure_hook(int, strict(int))
     converter.register_structure_hook(bool, strict(bool))
+    for cls in WIRE_TYPES:  # the resume position travels as the SSE id, never in the JSON
+        converter.register_unstructure_hook(
+            cls, make_dict_unstructure_fn(cls, converter, _cattrs_omit_if_default=True, cursor=override(omit=True))
+        )
+        converter.register_structure_hook(cls, make_dict_structure_fn(cls, converter, cursor=override(omit=True)))
     configure_tagged_union(
         WireEvent,
         converter,

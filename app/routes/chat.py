@@ -1,25 +1,27 @@
-"""``POST /chat`` (the whole reply at once) and ``POST /chat/stream`` (Server-Sent Events)."""
+"""``POST /chat`` (the whole reply at once), ``POST /chat/stream`` (Server-Sent Events, resumable)
+and ``POST /chat/cancel`` (the stop button)."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
 import anyio
-from quart import Blueprint, Response, g
+from quart import Blueprint, Response, g, request
 
+from pipeline.cursor import BadCursor, Cursor, parse_cursor
 from pipeline.events import Error
 from pipeline.letta_map import LettaMapper
-from pipeline.letta_turn import start_turn
+from pipeline.letta_turn import LettaTurn
 from pipeline.presets import letta_sse
 
-from ..bodies import ChatRequest, StreamRequest, to_json
+from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
 from ..errors import InvalidRequest, NotFound, UpstreamError
 from ..replies import chat_reply, turn_events
+from ..resume import claim_agent, claim_for_resume, open_turn, reopen_turn
 from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
 from ..sse_body import sse_response
 from ..stream_session import StreamSession
-from ..turns import TurnInProgress
 from ..upstream import letta_errors
 
 blueprint = Blueprint("chat", __name__)
@@ -29,24 +31,31 @@ Body = TypeVar("Body", bound=ChatRequest)
 
 
 async def _admit(svc: Services, cls: type[Body]) -> Body:
-    """The request's body, once it is valid, its agent exists and is the user's, and the agent is free.
-
-    On success the agent is claimed: the caller must release it (directly, or through the stream's end).
-    """
+    """The request's body, once it is valid and its agent exists and is the user's."""
     body = await json_body(cls)
     limit = svc.settings.max_message_chars
     if len(body.message) > limit:
         raise InvalidRequest(f"message is longer than {limit} characters", field="message")
-    async with letta_errors():
-        info = await svc.registry.get(body.agent_id)
-    if info is None or (body.user_id is not None and info.user_id != body.user_id):
-        raise NotFound("agent not found")  # unknown or someone else's: the same answer, saying no more
-    try:
-        svc.guard.claim(body.agent_id)
-    except TurnInProgress:
-        svc.metrics.refused_busy += 1
-        raise
+    await _check_owner(svc, body.agent_id, body.user_id)
     return body
+
+
+async def _check_owner(svc: Services, agent_id: str, user_id: str | None) -> None:
+    async with letta_errors():
+        info = await svc.registry.get(agent_id)
+    if info is None or (user_id is not None and info.user_id != user_id):
+        raise NotFound("agent not found")  # unknown or someone else's: the same answer, saying no more
+
+
+def _resume_position() -> Cursor | None:
+    """The ``Last-Event-ID`` a reconnecting client sent, if any."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return parse_cursor(raw)
+    except BadCursor as exc:
+        raise InvalidRequest(str(exc), field="Last-Event-ID") from exc
 
 
 @blueprint.post("/chat")
@@ -54,6 +63,7 @@ async def chat() -> dict[str, Any]:
     """Send a message; answer with the agent's whole reply once the turn is over."""
     svc = services()
     body = await _admit(svc, ChatRequest)
+    await claim_agent(svc, body.agent_id)
     try:
         async with letta_errors():
             # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
@@ -74,24 +84,29 @@ async def chat() -> dict[str, Any]:
 
 @blueprint.post("/chat/stream")
 async def chat_stream() -> Response:
-    """Send a message; stream the turn as SSE.  404/502/503 are answered before the stream starts."""
+    """Send a message and stream the turn as SSE; with ``Last-Event-ID``, resume that turn instead.
+
+    404/409/502/503 are answered before the stream starts.  A resumed turn sends nothing
+    to the agent: the ``message`` of the body is not sent again.
+    """
     svc: Services = services()
     if svc.draining is not None and svc.draining.is_set():
         raise ShuttingDown("the service is restarting; try again in a moment")
+    position = _resume_position()
     body = await _admit(svc, StreamRequest)
+    if position is None:
+        await claim_agent(svc, body.agent_id)
+    else:
+        await claim_for_resume(svc, body.agent_id, position)
     try:
-        async with letta_errors():
-            turn = await start_turn(
-                svc.stream_client(),
-                body.agent_id,
-                body.message,
-                stream_tokens=body.stream_tokens,
-                thinking=body.enable_thinking,
-                control=svc.control,
-            )
+        turn = await (open_turn(svc, body) if position is None else reopen_turn(svc, body.agent_id, position))
     except BaseException:
         svc.guard.release(body.agent_id)
         raise
+    return _stream(svc, body, turn, position)
+
+
+def _stream(svc: Services, body: StreamRequest, turn: LettaTurn, position: Cursor | None) -> Response:
     session = StreamSession(
         g.request_id,
         body.agent_id,
@@ -99,17 +114,38 @@ async def chat_stream() -> Response:
         svc.guard,
         svc.metrics,
         cancel_timeout=svc.settings.cancel_timeout,
-        abandon=svc.canceller.abandon if svc.canceller else None,
+        cancel=svc.canceller.abandon if svc.canceller else None,
+        detached=svc.detached,
+        draining=svc.draining,
+        resumed=position is not None,
+    )
+    mapper = LettaMapper(
+        show_reasoning=body.enable_thinking,
+        resumable=turn.background,
+        position=None if position is None else str(position),
     )
     pipeline = letta_sse(
         turn,
-        mapper=LettaMapper(show_reasoning=body.enable_thinking),
+        mapper=mapper,
         window=svc.settings.throttle_window,
         keepalive_interval=svc.settings.keepalive_interval,
         send_timeout=svc.settings.send_timeout,
         cancel_timeout=svc.settings.cancel_timeout,
         observe=session.observe,
-        abandon=svc.canceller.abandon if svc.canceller else None,
+        abandon=session.abandon,
         stop=svc.draining,
     )
     return sse_response(pipeline, session.finalize)
+
+
+@blueprint.post("/chat/cancel")
+async def chat_cancel() -> tuple[dict[str, Any], int]:
+    """Stop the agent's turn now (the stop button): its run is cancelled, even while detached."""
+    svc = services()
+    body = await json_body(CancelRequest)
+    await _check_owner(svc, body.agent_id, body.user_id)
+    held = svc.detached.stop(body.agent_id) if svc.detached is not None else False
+    if not held and svc.canceller is not None:
+        svc.canceller.submit(body.agent_id, body.run_id)
+    svc.metrics.stops += 1
+    return {"agent_id": body.agent_id, "cancelling": True}, 202

@@ -11,4 +11,12 @@ blueprint = Blueprint("metrics", __name__)
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    return Response(services().metrics.render(), 200, {"Content-Type": "text/plain; version=0.0.4"})
+    svc = services()
+    text = svc.metrics.render()
+    if svc.detached is not None:
+        text += (
+            "# HELP letta_stream_detached_turns Turns whose client went away, waiting for it to resume.\n"
+            "# TYPE letta_stream_detached_turns gauge\n"
+            f"letta_stream_detached_turns {len(svc.detached)}\n"
+        )
+    return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4"})

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx
-from letta_client import APIConnectionError, NotFoundError
+from letta_client import APIConnectionError, APIStatusError, NotFoundError
 from letta_client.types import AgentState
 from letta_client.types.agents import LettaResponse
 
@@ -25,17 +27,68 @@ def unreachable() -> APIConnectionError:
     return APIConnectionError(request=_REQUEST)
 
 
+def no_redis() -> APIStatusError:
+    """What Letta 0.16.8 answers to ``background=True`` when it has no Redis."""
+    message = "Background streaming requires Redis to be running."
+    return APIStatusError(message, response=httpx.Response(503, request=_REQUEST), body={"detail": message})
+
+
 class FakeStream:
-    def __init__(self, chunks: list[Any]) -> None:
+    """Chunks of one turn; with ``hold_after``, it pauses after that many until ``letta.go`` is set."""
+
+    def __init__(self, chunks: list[Any], letta: FakeLetta | None = None, hold_after: int | None = None) -> None:
         self._chunks = chunks
+        self._letta = letta
+        self._hold_after = hold_after
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        for chunk in self._chunks:
+        for i, chunk in enumerate(self._chunks):
+            if i == self._hold_after and self._letta is not None:
+                await self._letta.go.wait()
             yield chunk
+            await anyio.lowlevel.checkpoint()
 
     async def close(self) -> None:
         self.closed = True
+
+
+class FakeRun:
+    def __init__(self, run_id: str, agent_id: str, chunks: list[Any]) -> None:
+        self.id = run_id
+        self.agent_id = agent_id
+        self.chunks = chunks
+        self.status = "running"
+        self.background = True
+
+
+class FakeRunMessages:
+    def __init__(self, letta: FakeLetta) -> None:
+        self._letta = letta
+        self.resumed: list[tuple[str, int]] = []
+
+    async def stream(self, run_id: str, *, starting_after: int = 0, **_: Any) -> FakeStream:
+        """As Letta replays a background run from Redis: every chunk after ``starting_after``."""
+        run = self._letta.runs.get(run_id)
+        if run is None:
+            raise not_found()
+        self.resumed.append((run_id, starting_after))
+        seqs = [getattr(ch, "seq_id", None) for ch in run.chunks]
+        rest = run.chunks[seqs.index(starting_after) + 1 :] if starting_after else run.chunks
+        return FakeStream(rest, self._letta, self._letta.resume_hold_after)
+
+
+class FakeRuns:
+    def __init__(self, letta: FakeLetta) -> None:
+        self._letta = letta
+        self.messages = FakeRunMessages(letta)
+
+    async def retrieve(self, run_id: str, **_: Any) -> FakeRun:
+        self._letta.check()
+        run = self._letta.runs.get(run_id)
+        if run is None:
+            raise not_found()
+        return run
 
 
 class FakeMessages:
@@ -45,17 +98,30 @@ class FakeMessages:
         self.cancelled: list[str] = []
         self.reply = ["Hello", " student"]
 
-    async def create(self, agent_id: str, *, streaming: bool = False, **kwargs: Any) -> LettaResponse | FakeStream:
-        self._letta.check(agent_id)
+    async def create(
+        self, agent_id: str, *, streaming: bool = False, background: Any = None, **kwargs: Any
+    ) -> LettaResponse | FakeStream:
+        letta = self._letta
+        letta.check(agent_id)
         if streaming:
-            stream = FakeStream(c.answer_turn(self.reply))
+            chunks = c.answer_turn(self.reply)
+            if background is True:
+                if not letta.redis:
+                    raise no_redis()
+                run_id = f"run-{next(letta.ids)}"
+                chunks = c.numbered(chunks, run_id)
+                letta.runs[run_id] = FakeRun(run_id, agent_id, chunks)
+            stream = FakeStream(chunks, letta, letta.hold_after)
             self.streams.append(stream)
             return stream
         messages = [c.reasoning("hmm"), *[c.assistant(w) for w in self.reply]]
         return LettaResponse.model_construct(messages=messages, stop_reason=c.stop(), usage=c.usage())
 
-    async def cancel(self, agent_id: str, **kwargs: Any) -> dict[str, str]:
+    async def cancel(self, agent_id: str, run_ids: Any = None, **kwargs: Any) -> dict[str, str]:
         self.cancelled.append(agent_id)
+        for run in self._letta.runs.values():
+            if run.agent_id == agent_id and (not isinstance(run_ids, list) or run.id in run_ids):
+                run.status = "cancelled"
         return {}
 
 
@@ -107,7 +173,15 @@ class FakeLetta:
         self.agents: dict[str, AgentState] = {}
         self.ids = itertools.count(1)
         self.down = False
+        self.redis = True
+        """Background mode works (Letta has Redis)."""
+        self.runs: dict[str, FakeRun] = {}
+        self.hold_after: int | None = None
+        """Streams pause after this many chunks until :attr:`go` is set (a turn still running)."""
+        self.resume_hold_after: int | None = None
+        self.go = anyio.Event()
         self.agents_api = FakeAgents(self)
+        self.runs_api = FakeRuns(self)
 
     @property
     def agents_resource(self) -> FakeAgents:
@@ -132,6 +206,7 @@ def make_fake() -> Any:
     letta = FakeLetta()
     proxy = type("Letta", (), {})()
     proxy.agents = letta.agents_api
+    proxy.runs = letta.runs_api
     proxy.store = letta
     proxy.health = letta.health
     proxy.close = letta.close

@@ -31,9 +31,9 @@ HAPPY: list[Event] = [
 ]
 
 
-def encode(events: list[Event], *, first_id: int = 1) -> bytes:
-    """Frames as the service sends them; a ``first_id`` > 1 continues a stream (no ``retry:``)."""
-    encoder = SSEEncoder(next_id=first_id, retry_ms=3000 if first_id == 1 else None)
+def encode(events: list[Event], *, first: bool = True) -> bytes:
+    """Frames as the service sends them; ``first=False`` continues a stream (no ``retry:``)."""
+    encoder = SSEEncoder(retry_ms=3000 if first else None)
     return b"".join(encoder.encode(e) for e in events)
 
 
@@ -41,10 +41,10 @@ SCENARIOS: dict[str, bytes] = {
     "happy": encode(HAPPY),
     "unknown": encode([Text("a")])
     + b'data: {"type": "citation", "url": "x"}\n\n'
-    + encode([Text("b"), Done()], first_id=2),
+    + encode([Text("b"), Done()], first=False),
     "malformed": encode([Text("a")])
     + b'data: {not json\n\ndata: {"type": "message"}\n\n'
-    + encode([Done()], first_id=2),
+    + encode([Done()], first=False),
     "abrupt": encode([Status("Thinking..."), Text("half an ans")]),
     "error": encode([Text("Partial"), Error("model exploded", "llm_api_error")]),
 }

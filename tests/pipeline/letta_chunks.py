@@ -77,3 +77,16 @@ def user(text: str) -> UserMessage:
 def answer_turn(words: list[str]) -> list[Any]:
     """ping → one reasoning delta → assistant deltas → stop_reason → usage, as observed."""
     return [ping(), reasoning("Let me think."), *[assistant(w) for w in words], stop(), usage()]
+
+
+def numbered(chunks: list[Any], run_id: str = RUN) -> list[Any]:
+    """As Letta's background mode streams them: ``run_id`` on each, ``seq_id`` counting from 1 (pings: none)."""
+    out, seq = [], 0
+    for chunk in chunks:
+        fields = type(chunk).model_fields
+        update: dict[str, Any] = {"run_id": run_id} if "run_id" in fields else {}
+        if "seq_id" in fields and chunk.message_type != "ping":
+            seq += 1
+            update["seq_id"] = seq
+        out.append(chunk.model_copy(update=update))
+    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import string
 
+import attrs
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,19 +101,32 @@ class TestFields:
 
 
 class TestEncoder:
-    def test_first_frame_has_retry_then_ids_count_up(self) -> None:
+    def test_first_frame_has_retry_and_the_id_is_the_events_cursor(self) -> None:
         encoder = SSEEncoder()
-        first, second = encoder.encode(Status("Thinking...")), encoder.encode(Text("Hi"))
-        assert first == (b'retry: 3000\nid: 1\nevent: status\ndata: {"type":"status","content":"Thinking..."}\n\n')
-        assert second == b'id: 2\nevent: message\ndata: {"type":"message","content":"Hi"}\n\n'
+        first = encoder.encode(Status("Thinking...", cursor="run-1:3"))
+        second = encoder.encode(Text("Hi", cursor="run-1:4"))
+        assert first == (
+            b'retry: 3000\nid: run-1:3\nevent: status\ndata: {"type":"status","content":"Thinking..."}\n\n'
+        )
+        assert second == b'id: run-1:4\nevent: message\ndata: {"type":"message","content":"Hi"}\n\n'
 
-    def test_keepalive_is_a_comment_without_id(self) -> None:
+    def test_an_event_without_cursor_has_no_id_so_the_clients_last_id_stays(self) -> None:
+        stream = SSEEncoder().encode(Text("a", cursor="run-1:1")) + SSEEncoder(retry_ms=None).encode(Text("b"))
+        assert [e.id for e in parse(stream)] == ["run-1:1", "run-1:1"]
+
+    def test_keepalive_is_a_comment_and_may_set_the_last_id_without_an_event(self) -> None:
         encoder = SSEEncoder(retry_ms=None)
         assert encoder.encode(Keepalive()) == KEEPALIVE_FRAME
-        assert encoder.encode(Done()).startswith(b"id: 1\n")
+        start = encoder.encode(Keepalive(cursor="run-1:0"))
+        assert start == b"id: run-1:0\n" + KEEPALIVE_FRAME
+        parser = SSEParser()
+        assert parser.feed(start) == []
+        assert parser.decoder.last_event_id == "run-1:0"
+        assert parser.feed(encoder.encode(Text("x")))[0].id == "run-1:0"
 
-    def test_resumed_stream_continues_numbering(self) -> None:
-        assert SSEEncoder(next_id=42, retry_ms=None).encode(Text("x")).startswith(b"id: 42\n")
+    def test_a_cursor_that_would_break_the_frame_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="SSE id"):
+            SSEEncoder().encode(Text("x", cursor="run\nevent: evil"))
 
     def test_original_plan_shapes(self) -> None:
         frames = [SSEEncoder(retry_ms=None).encode(e) for e in (Done(), Error("boom"))]
@@ -148,3 +163,19 @@ def test_encode_then_decode_round_trips(sent: list[Event], data: st.DataObject) 
 def test_text_with_blank_lines_and_data_prefix_stays_one_event(text: str) -> None:
     frame = SSEEncoder().encode(Text(text))
     assert len(parse(frame)) == 1
+
+
+cursors = st.none() | st.builds(
+    lambda run, seq: f"run-{run}:{seq}", st.text(string.hexdigits, max_size=8), st.integers(0)
+)
+
+
+@given(st.lists(st.tuples(events, cursors), max_size=12))
+def test_every_dispatched_event_carries_the_latest_cursor_sent(sent: list[tuple[Event, str | None]]) -> None:
+    encoder = SSEEncoder()
+    parser = SSEParser()
+    last = ""
+    for event, cursor in sent:
+        dispatched = parser.feed(encoder.encode(attrs.evolve(event, cursor=cursor)))
+        last = cursor if cursor is not None else last
+        assert [e.id for e in dispatched] == ([] if isinstance(event, Keepalive) else [last])
