@@ -18,6 +18,12 @@ requirements: httpx-sse==0.4.3
 # answer would go blank when the stream ends).
 #
 # One Pipe instance serves every request: per-request state lives in locals only.
+#
+# Dropped streams: every frame's SSE id is a position in the agent's turn.  When the
+# connection to the service drops before the turn ended, the pipe reconnects once with
+# `Last-Event-ID` and gets the rest of the same turn (no text twice, none lost).  The
+# stop button is not a drop: the pipe tells the service (`POST /chat/cancel`) so the
+# turn stops at once instead of waiting for a reconnect that will never come.
 
 from __future__ import annotations
 
@@ -183,6 +189,9 @@ class Pipe:
         valves = self.valves
         ended = False
         showing = False  # a status line is on screen
+        agent_id: str | None = None
+        last_id = ""  # the position reached in the turn (the SSE id of the last frame)
+        reconnects = 0
 
         async def say(description: str, done: bool = False, hidden: bool = False) -> None:
             nonlocal showing
@@ -206,45 +215,59 @@ class Pipe:
                     "chat_id": chat_id,
                     "enable_thinking": valves.ENABLE_THINKING,
                 }
-                async with aconnect_sse(client, "POST", "/chat/stream", json=request) as source:
-                    if source.response.status_code != 200:
-                        await source.response.aread()
-                        raise ServiceError(self._refusal(source.response))
-                    async for sse in source.aiter_sse():
-                        if not sse.data:  # httpx-sse yields phantom events after keepalive comments
-                            continue
-                        try:
-                            event = decode_event(sse.data)
-                        except ProtocolError as exc:
-                            log.warning("letta pipe: skipping a malformed event: %s", exc)
-                            continue
-                        if event is None:
-                            continue
-                        kind = event["type"]
-                        if kind == "status":
-                            await say(event["content"])
-                        elif kind == "reasoning":
-                            if show_reasoning:
-                                yield reasoning_chunk(event["content"])
-                        elif kind == "message":
-                            if showing:  # the answer is being written: "Thinking..."/"Using x..." is over
-                                await say("Writing", done=True, hidden=True)
-                            yield content_chunk(event["content"])
-                        elif kind == "error":
-                            ended = True
-                            yield content_chunk(friendly_error(f"The tutor ran into a problem: {event['message']}"))
-                            await say("Something went wrong", done=True)
-                            return
-                        elif kind == "done":
-                            ended = True
-                            await say("Done", done=True, hidden=True)
-                            return
+                while True:
+                    resume = {"Last-Event-ID": last_id} if reconnects else {}
+                    try:
+                        async with aconnect_sse(client, "POST", "/chat/stream", json=request, headers=resume) as source:
+                            if source.response.status_code != 200:
+                                await source.response.aread()
+                                raise ServiceError(self._refusal(source.response))
+                            async for sse in source.aiter_sse():
+                                last_id = sse.id or last_id
+                                if not sse.data:  # a keepalive comment (httpx-sse yields it as an empty event)
+                                    continue
+                                try:
+                                    event = decode_event(sse.data)
+                                except ProtocolError as exc:
+                                    log.warning("letta pipe: skipping a malformed event: %s", exc)
+                                    continue
+                                if event is None:
+                                    continue
+                                kind = event["type"]
+                                if kind == "status":
+                                    await say(event["content"])
+                                elif kind == "reasoning":
+                                    if show_reasoning:
+                                        yield reasoning_chunk(event["content"])
+                                elif kind == "message":
+                                    if showing:  # the answer is being written: "Thinking..."/"Using x..." is over
+                                        await say("Writing", done=True, hidden=True)
+                                    yield content_chunk(event["content"])
+                                elif kind == "error":
+                                    ended = True
+                                    yield content_chunk(
+                                        friendly_error(f"The tutor ran into a problem: {event['message']}")
+                                    )
+                                    await say("Something went wrong", done=True)
+                                    return
+                                elif kind == "done":
+                                    ended = True
+                                    await say("Done", done=True, hidden=True)
+                                    return
+                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                        log.info("letta pipe: the stream dropped: %r", exc)
+                    if ended or not last_id or reconnects >= 1:
+                        break
+                    reconnects += 1  # the turn goes on without us: pick it up where we were
+                    log.info("letta pipe: resuming the turn from %s", last_id)
             if not ended:
                 ended = True
                 yield content_chunk(friendly_error("The connection to the tutor was interrupted. Please try again."))
                 await say("Interrupted", done=True)
         except asyncio.CancelledError:
-            if emit is not None:  # the stop button: don't leave "Thinking..." on screen
+            if agent_id is not None and not ended:  # the stop button: stop the turn, not just our reading
+                await asyncio.shield(self._stop(agent_id, user.get("id"), last_id))
+            if emit is not None:  # don't leave "Thinking..." on screen
                 await asyncio.shield(emit(status("Stopped", done=True, hidden=True)))
             raise
         except ServiceError as exc:
@@ -260,6 +283,17 @@ class Pipe:
             log.exception("letta pipe: the connection to the service failed")
             yield content_chunk(friendly_error("The connection to the tutor failed. Please try again."))
             await say("Connection failed", done=True)
+
+    async def _stop(self, agent_id: str, user_id: Any, last_id: str) -> None:
+        """Ask the service to cancel the turn now; never raises (the student already pressed stop)."""
+        valves = self.valves
+        headers = {"Authorization": f"Bearer {valves.SERVICE_TOKEN}"} if valves.SERVICE_TOKEN else {}
+        run_id = last_id.rsplit(":", 1)[0] if ":" in last_id else None
+        try:
+            async with httpx.AsyncClient(base_url=valves.SERVICE_URL, timeout=3.0, headers=headers) as client:
+                await client.post("/chat/cancel", json={"agent_id": agent_id, "user_id": user_id, "run_id": run_id})
+        except httpx.HTTPError as exc:
+            log.warning("letta pipe: could not ask the service to stop the turn: %r", exc)
 
     async def _agent_for(self, client: httpx.AsyncClient, user: dict[str, Any]) -> str:
         """Find or create the student's agent through the service."""

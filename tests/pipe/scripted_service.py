@@ -37,6 +37,20 @@ def encode(events: list[Event], *, first: bool = True) -> bytes:
     return b"".join(encoder.encode(e) for e in events)
 
 
+RUN = "run-7"
+RESUMABLE: list[Event] = [
+    Keepalive(cursor=f"{RUN}:0"),
+    Status("Thinking...", cursor=f"{RUN}:0"),
+    Reasoning("Hmm.", cursor=f"{RUN}:1"),
+    Text("Hello", cursor=f"{RUN}:2"),
+    Text(", stu", cursor=f"{RUN}:3"),
+]
+"""The first connection of a turn that drops: it ends in the middle of the next frame."""
+REST: list[Event] = [Text("dent", cursor=f"{RUN}:4"), Done("end_turn", cursor=f"{RUN}:6")]
+"""What the service sends when that turn resumes after ``run-7:3``."""
+CUT = b'id: run-7:4\nevent: message\ndata: {"type":"message","con'
+
+
 SCENARIOS: dict[str, bytes] = {
     "happy": encode(HAPPY),
     "unknown": encode([Text("a")])
@@ -69,11 +83,36 @@ def create_app() -> Quart:
         app.config["calls"].append(("agents", body))
         return {"agent_id": f"agent-{body['user_id']}", "created": True}, 201
 
+    @app.post("/chat/cancel")
+    async def cancel() -> tuple[dict[str, Any], int]:
+        app.config["calls"].append(("cancel", await request.get_json()))
+        return {"cancelling": True}, 202
+
     @app.post("/chat/stream")
     async def stream() -> Any:
         body = await request.get_json()
-        app.config["calls"].append(("stream", body))
+        resume_from = request.headers.get("Last-Event-ID")
+        app.config["calls"].append(("stream", body) if resume_from is None else ("resume", resume_from))
         scenario = body["message"]
+        if scenario in ("drop", "drop-twice"):
+            if resume_from is None:
+                data = encode(RESUMABLE) + CUT
+            elif scenario == "drop":
+                data = encode(REST, first=False)
+            else:  # the resumed stream drops too
+                data = encode(REST[:1], first=False) + CUT
+            scenario = "bytes"
+        if scenario == "stop-me":
+            encoder = SSEEncoder()
+
+            async def frames() -> AsyncIterator[bytes]:
+                for event in RESUMABLE:
+                    yield encoder.encode(event)
+                await anyio.sleep_forever()
+
+            response = Response(frames(), 200, {"Content-Type": "text/event-stream"})
+            response.timeout = None
+            return response
         if scenario == "refuse":
             return {"error": "upstream_unavailable", "message": "the agent server cannot be reached"}, 503
         if scenario == "busy":
@@ -87,7 +126,7 @@ def create_app() -> Quart:
                     await anyio.sleep(0.05)
 
         else:
-            data = SCENARIOS[scenario]
+            data = data if scenario == "bytes" else SCENARIOS[scenario]
 
             async def frames() -> AsyncIterator[bytes]:
                 for i in range(0, len(data), 7):  # small pieces: frames cross chunk borders

@@ -141,3 +141,30 @@ async def test_stop_hides_the_status_line(scripted: ServiceThread, calls: list[A
 async def test_token_valve_is_sent_as_bearer(scripted: ServiceThread, calls: list[Any]) -> None:
     await run_pipe(make_pipe(scripted.url, SERVICE_TOKEN="t0k"), "happy")
     assert scripted.app.config["auth"][-1] == "Bearer t0k"
+
+
+async def test_a_dropped_stream_is_resumed_once_from_the_last_id(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "drop")
+    assert [name for name, _ in calls] == ["agents", "stream", "resume"]
+    assert calls[2][1] == "run-7:3"  # the id of the last complete frame, not of the cut one
+    assert outcome.content == "Hello, student"
+    assert outcome.reasoning == "Hmm."
+    assert outcome.statuses[-1] == status("Done", done=True, hidden=True)
+
+
+async def test_a_stream_that_drops_again_after_resuming_is_reported(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "drop-twice")
+    assert [name for name, _ in calls] == ["agents", "stream", "resume"]
+    assert outcome.content.startswith("Hello, student\n\n⚠️")  # what arrived stays; one reconnect only
+    assert "interrupted" in outcome.content
+
+
+async def test_a_stream_without_positions_is_not_resumed(scripted: ServiceThread, calls: list[Any]) -> None:
+    await run_pipe(make_pipe(scripted.url), "abrupt")
+    assert [name for name, _ in calls] == ["agents", "stream"]
+
+
+async def test_the_stop_button_asks_the_service_to_cancel_the_turn(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "stop-me", stop_after_chunks=2)
+    assert outcome.statuses[-1] == status("Stopped", done=True, hidden=True)
+    assert calls[-1] == ("cancel", {"agent_id": "agent-student-1", "user_id": "student-1", "run_id": "run-7"})
