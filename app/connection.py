@@ -1,25 +1,38 @@
-"""Quart's HTTP connection handler, plus one guarantee: a streaming body is always finalized.
+"""Quart's HTTP connection handler, plus two guarantees for streaming bodies.
 
 Quart sends the response headers before entering the body; a client that leaves
 during that send cancels the task before ``__aenter__`` ever runs, and whatever the
 body owns (an open Letta stream, a claimed agent) would leak.  After every response
 this handler gives a :class:`~app.sse_body.PipelineBody` the chance to release it.
+
+A client that stops reading ends the pipeline after the send timeout, but Quart then
+writes the response's last (empty) chunk, and that write waits on the same full socket
+buffer — forever, for a client that neither reads nor closes.  Once the body reports
+the stall, that write gets :data:`FINAL_WRITE_SECONDS`; then it is abandoned, which
+leaves the response unfinished, so the server closes the connection.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from quart.asgi import ASGIHTTPConnection
 
 from .sse_body import PipelineBody
 
+FINAL_WRITE_SECONDS = 1.0
+
 
 class StreamingConnection(ASGIHTTPConnection):
     async def _send_response(self, send: Any, response: Any) -> None:
-        try:
+        body = getattr(response, "response", None)
+        if not isinstance(body, PipelineBody):
             await super()._send_response(send, response)
+            return
+        try:
+            with anyio.CancelScope() as scope:
+                body.on_stall = lambda: setattr(scope, "deadline", anyio.current_time() + FINAL_WRITE_SECONDS)
+                await super()._send_response(send, response)
         finally:
-            body = getattr(response, "response", None)
-            if isinstance(body, PipelineBody):
-                await body.abandon()
+            await body.abandon()

@@ -18,7 +18,7 @@ from pipeline.cursor import Cursor
 from pipeline.letta_turn import LettaTurn, resume_turn, start_turn
 
 from .bodies import StreamRequest
-from .errors import NotFound
+from .errors import NotFound, UpstreamUnavailable
 from .services import Services
 from .turns import TurnInProgress
 from .upstream import letta_errors
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 FINISHED = frozenset({"completed", "failed", "cancelled"})
 ADOPT_WAIT = 2.0
 """Seconds a resume waits for the dropped connection's stream to notice it is gone."""
+REOPEN_LIMIT = 30.0
+"""Seconds to reopen a run.  Letta answers only with the first chunk after the position (or its
+first keepalive ping, 20 s in); a run whose chunks Redis no longer has would never answer."""
 
 
 async def claim_agent(svc: Services, agent_id: str) -> None:
@@ -80,15 +83,18 @@ async def open_turn(svc: Services, body: StreamRequest) -> LettaTurn:
             except APIStatusError as exc:
                 if exc.status_code != 503 or "redis" not in str(exc.message).lower():
                     raise
+                if svc.resume:  # say it once, not once per stream that raced to find out
+                    log.warning("Letta has no Redis, so streams cannot resume; streaming without: %s", exc.message)
                 svc.resume = False
-                log.warning("Letta has no Redis, so streams cannot resume; streaming without resume: %s", exc.message)
         return await _start(svc, client, body, background=False)
 
 
 async def reopen_turn(svc: Services, agent_id: str, position: Cursor) -> LettaTurn:
     """The rest of run ``position.run_id`` after ``position.seq``."""
-    async with letta_errors("stream position"):
-        return await resume_turn(svc.stream_client(), agent_id, position, control=svc.control)
+    with anyio.move_on_after(REOPEN_LIMIT):
+        async with letta_errors("stream position"):
+            return await resume_turn(svc.stream_client(), agent_id, position, control=svc.control)
+    raise UpstreamUnavailable("the agent server did not reopen the turn; send the message again")
 
 
 async def _start(svc: Services, client: AsyncLetta, body: StreamRequest, *, background: bool) -> LettaTurn:

@@ -52,6 +52,9 @@ class PipelineBody(ResponseBody):
         self._frames: MemoryObjectReceiveStream[Any] | None = None
         self._entered = False
         self._finalized = False
+        self.stalled = False
+        """The client stopped reading: the pipeline ended, and the response must not wait on it either."""
+        self.on_stall: Callable[[], object] | None = None
 
     async def __aenter__(self) -> PipelineBody:
         self._entered = True
@@ -74,7 +77,10 @@ class PipelineBody(ResponseBody):
             if stalled is None:
                 raise
             log.info("stream closed: %s", stalled)
-            return True  # end the response quietly: the client stopped reading
+            self.stalled = True
+            if self.on_stall is not None:
+                self.on_stall()  # the connection handler bounds the response's last write
+            return True
         finally:
             await self._run_finalize(error)
         return False

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, latency, real_letta, report, stages
+from . import concurrency, latency, real_letta, report, slow_consumer, stages
 from .letta_emulator import raise_fd_limit
 from .procs import Child, loadavg, machine
 
-PARTS = ("latency", "concurrency", "stages", "real_letta")
+PARTS = ("latency", "concurrency", "slow_consumer", "stages", "real_letta")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         if "concurrency" not in skip:
             print("concurrency:", flush=True)
             results["concurrency"] = concurrency.run(emulator, args.quick, log_dir)
+        if "slow_consumer" not in skip:
+            print("clients that read nothing:", flush=True)
+            results["slow_consumer"] = slow_consumer.run(emulator, args.quick, log_dir)
     if "stages" not in skip:
         print("stages in-process:", flush=True)
         results["stages"] = stages.run(args.quick, runs)

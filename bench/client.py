@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ class StreamResult:
     other: list[str] = field(default_factory=list)
     stamped: bool = True  # text carries the emulator's stamps (False: plain text, kept in ``text``)
     text: list[str] = field(default_factory=list)
+    text_ns: list[int] = field(default_factory=list)  # arrival of every text frame
 
     def delays_ms(self) -> list[float]:
         return [(recv - sent) / 1e6 for _, sent, recv in self.stamps]
@@ -56,10 +58,20 @@ class StreamResult:
 
 
 async def open_stream(
-    host: str, port: int, path: str, body: dict[str, object], stamped: bool = True
+    host: str, port: int, path: str, body: dict[str, object], stamped: bool = True, rcvbuf: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, StreamResult]:
-    """Send the POST; return once the request is written (the result's clock starts here)."""
-    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    """Send the POST; return once the request is written (the result's clock starts here).
+
+    ``rcvbuf`` shrinks the client's socket receive buffer (a slow phone rather than loopback's megabytes).
+    """
+    if rcvbuf is None:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    else:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
     payload = json.dumps(body).encode()
     result = StreamResult(started_ns=time.monotonic_ns(), stamped=stamped)
     writer.write(
@@ -118,6 +130,7 @@ def _frame(frame: bytes, now: int, result: StreamResult) -> None:
     kind = obj.get("message_type") or obj.get("type")
     if kind in ("assistant_message", "message"):
         result.text_frames += 1
+        result.text_ns.append(now)
         if not result.first_text_ns:
             result.first_text_ns = now
         if result.stamped:

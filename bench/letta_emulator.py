@@ -3,7 +3,8 @@
 It serves what letta-stream calls: ``GET /v1/health/``, ``GET /v1/agents/`` (tag
 filter, ``after`` paging), ``GET /v1/agents/{id}``, ``POST /v1/agents/``,
 ``POST /v1/agents/{id}/messages`` with ``streaming: true`` (and the older ``.../messages/stream``)
-and ``POST /v1/agents/{id}/messages/cancel``.
+and ``POST /v1/agents/{id}/messages/cancel``.  Like a Letta without Redis, it refuses
+``background: true`` with 503 (the service then streams without resume).
 
 The stream is framed like Letta 0.16.8's: ``data: {json}\\n\\n`` chunks with no
 ``event:`` lines (letta-client's ``AsyncStream`` only yields events whose ``event`` is
@@ -16,6 +17,7 @@ test passes them through untouched:
 - ``[count N]``   N assistant deltas (default 100)
 - ``[rate R]``    R deltas per second, scheduled on absolute times (0 = as fast as possible)
 - ``[keepalive S]`` keepalive-only: a ping every S seconds, never ends
+- ``[pad N]``     N more characters in every delta (bulk, for clients that stop reading)
 
 Each delta's ``content`` is ``"<seq>@<CLOCK_MONOTONIC ns>;"`` stamped just before
 the write, so a reader on the same machine measures per-event delay end to end.
@@ -181,6 +183,9 @@ class Emulator:
     async def stream(self, agent_id: str, body: JSON, writer: asyncio.StreamWriter) -> bool:
         if agent_id not in self.agents:
             return await self.reply(writer, 404, {"detail": f"Agent {agent_id} not found"})
+        if body.get("background") is True:  # as Letta 0.16.8 answers when it has no Redis
+            detail = "Background streaming requires Redis to be running. Please ensure Redis is properly configured."
+            return await self.reply(writer, 503, {"detail": detail})
         text = str(body.get("input") or "")
         run_id = f"run-{uuid.uuid4()}"
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -195,7 +200,12 @@ class Emulator:
                     await asyncio.sleep(keepalive)
                     writer.write(chunked(sse(ping(run_id))))
                     await writer.drain()
-            await self.deltas(run_id, int(_marker(text, "count", 100)), _marker(text, "rate", 0.0), writer)
+            count, rate, pad = (
+                int(_marker(text, "count", 100)),
+                _marker(text, "rate", 0.0),
+                int(_marker(text, "pad", 0)),
+            )
+            await self.deltas(run_id, count, rate, writer, pad)
             writer.write(chunked(sse({"message_type": "stop_reason", "stop_reason": "end_turn", "run_id": run_id})))
             writer.write(
                 chunked(
@@ -217,7 +227,7 @@ class Emulator:
         finally:
             self.streams_open -= 1
 
-    async def deltas(self, run_id: str, count: int, rate: float, writer: asyncio.StreamWriter) -> None:
+    async def deltas(self, run_id: str, count: int, rate: float, writer: asyncio.StreamWriter, pad: int = 0) -> None:
         msg_id = f"message-{uuid.uuid4()}"
         start = time.monotonic()
         for seq in range(count):
@@ -231,7 +241,7 @@ class Emulator:
                 "date": NOW,
                 "run_id": run_id,
                 "seq_id": seq,
-                "content": stamp(seq),
+                "content": stamp(seq) + "x" * pad,
             }
             writer.write(chunked(sse(chunk)))
             await writer.drain()

@@ -1,17 +1,25 @@
 """Part 6: the real Letta server (0.16.8) with the scripted LLM, direct vs through the service.
 
-Runs alternate (direct, service, direct, ...) on one agent, one turn at a time (Letta
-interleaves concurrent turns of one agent).  The prompt ``[long N] [slow 0]`` makes
-the scripted model stream N word deltas with no pause.  Every run's text must be
-exactly ``w1 ... wN``.  One raw request also records how the real stream ends
-(the emulator copies that framing).
+Three paths, one turn at a time on one agent (Letta interleaves concurrent turns of
+one agent), their order rotated every run: letta-client straight to Letta
+(foreground streaming), the service with resume on (Letta's background mode, which
+keeps the run's chunks in Redis so a dropped stream can resume), and the service
+with ``STREAM_RESUME=off`` (foreground, like the direct path).  The prompt
+``[long N] [slow MS]`` makes the scripted model stream N word deltas MS apart, a
+token pace, so the gaps between text frames show how smoothly the answer arrives.
+Every run's text must be exactly ``w1 ... wN``.  One raw request also records how
+the real stream ends (the emulator copies that framing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +29,34 @@ from letta_client.types.agents import AssistantMessage
 
 from devstack.stack import REPO_ROOT, LocalStack
 
-from .client import BenchError, StreamResult, one_stream
+from .client import BenchError, one_stream
 from .latency import post_json
 from .procs import Child
-from .stats import median, r
+from .stats import median, pct, r
 
 
 def expected(words: int) -> str:
     return " ".join(f"w{i}" for i in range(1, words + 1))
 
 
-async def direct(client: AsyncLetta, agent_id: str, prompt: str) -> tuple[float, float, str]:
+Sample = tuple[float, float, list[int]]
+"""TTFE ms, total ms, arrival times (ns) of the text frames."""
+
+
+async def direct(client: AsyncLetta, agent_id: str, prompt: str, want: str) -> Sample:
     began = time.monotonic_ns()
-    first = 0
-    parts = []
-    stream = await client.agents.messages.create(  # the same call the service makes
+    parts, arrivals = [], []
+    stream = await client.agents.messages.create(  # the same call the service makes (foreground)
         agent_id, streaming=True, input=prompt, stream_tokens=True, include_pings=True, enable_thinking="false"
     )
     async with stream:
         async for chunk in stream:
             if isinstance(chunk, AssistantMessage) and isinstance(chunk.content, str):
-                first = first or time.monotonic_ns()
+                arrivals.append(time.monotonic_ns())
                 parts.append(chunk.content)
-    return (first - began) / 1e6, (time.monotonic_ns() - began) / 1e6, "".join(parts)
+    if "".join(parts) != want:
+        raise BenchError(f"real Letta direct: wrong text ({len(''.join(parts))} chars)")
+    return (arrivals[0] - began) / 1e6, (time.monotonic_ns() - began) / 1e6, arrivals
 
 
 async def raw_tail(url: str, agent_id: str) -> list[str]:
@@ -58,7 +71,7 @@ async def raw_tail(url: str, agent_id: str) -> list[str]:
     return [f[:80] for f in frames[-3:]]
 
 
-async def _via_service(svc: Child, agent_id: str, prompt: str, want: str, i: int) -> StreamResult:
+async def via_service(svc: Child, agent_id: str, prompt: str, want: str) -> Sample:
     body = {"agent_id": agent_id, "enable_thinking": False, "message": prompt}
     for _ in range(100):  # the service frees the agent just after a stream ends: 409 until then
         res = await one_stream("127.0.0.1", svc.port, "/chat/stream", body, limit_s=120, stamped=False)
@@ -66,58 +79,79 @@ async def _via_service(svc: Child, agent_id: str, prompt: str, want: str, i: int
             break
         await asyncio.sleep(0.02)
     if "".join(res.text) != want or not res.ended:
-        raise BenchError(f"real Letta via service run {i}: wrong text or no done ({res.status} {res.other[:2]})")
-    return res
+        raise BenchError(f"real Letta via service: wrong text or no done ({res.status} {res.other[:2]})")
+    return (res.first_text_ns - res.started_ns) / 1e6, (res.ended_ns - res.started_ns) / 1e6, res.text_ns
 
 
-async def compare(letta_url: str, svc: Child, agent_id: str, words: int, runs: int) -> dict[str, Any]:
-    prompt = f"bench [long {words}] [slow 0]"
+def gaps_ms(arrivals: list[int]) -> list[float]:
+    return [(b - a) / 1e6 for a, b in itertools.pairwise(arrivals)]
+
+
+async def compare(
+    letta_url: str, services: dict[str, Child], agent_id: str, words: int, pace_ms: int, runs: int
+) -> dict[str, Any]:
+    prompt = f"bench [long {words}] [slow {pace_ms}]"
     want = expected(words)
     client = AsyncLetta(base_url=letta_url, timeout=120, max_retries=0)
-    rows: dict[str, list[tuple[float, float]]] = {"direct (AsyncLetta)": [], "through /chat/stream": []}
+    paths: dict[str, Callable[[], Awaitable[Sample]]] = {
+        "direct (AsyncLetta, foreground)": partial(direct, client, agent_id, prompt, want)
+    }
+    for name, svc in services.items():
+        paths[name] = partial(via_service, svc, agent_id, prompt, want)
+    samples: dict[str, list[Sample]] = {name: [] for name in paths}
     try:
         tail = await raw_tail(letta_url, agent_id)
+        names = list(paths)
         for i in range(runs + 1):
-            if i % 2:  # alternate which path goes first: Letta's turn time drifts as the history grows
-                res = await _via_service(svc, agent_id, prompt, want, i)
-                ttfe, total, text = await direct(client, agent_id, prompt)
-            else:
-                ttfe, total, text = await direct(client, agent_id, prompt)
-                res = await _via_service(svc, agent_id, prompt, want, i)
-            if text != want:
-                raise BenchError(f"real Letta direct run {i}: wrong text ({len(text)} chars)")
-            if i:  # run 0 warms up
-                rows["direct (AsyncLetta)"].append((ttfe, total))
-                rows["through /chat/stream"].append(
-                    ((res.first_text_ns - res.started_ns) / 1e6, (res.ended_ns - res.started_ns) / 1e6)
-                )
+            order = names[i % len(names) :] + names[: i % len(names)]  # Letta drifts as the history grows
+            for name in order:
+                sample = await paths[name]()
+                if i:  # run 0 warms up
+                    samples[name].append(sample)
     finally:
         await client.close()
-    out: dict[str, Any] = {"stream_end_on_wire": tail, "words": words}
-    for name, vals in rows.items():
-        out[name] = {"ttfe_ms": r(median([v[0] for v in vals]), 1), "total_ms": r(median([v[1] for v in vals]), 1)}
+    out: dict[str, Any] = {"stream_end_on_wire": tail, "words": words, "pace_ms": pace_ms}
+    for name, vals in samples.items():
+        out[name] = {
+            "ttfe_ms": r(median([v[0] for v in vals]), 1),
+            "total_ms": r(median([v[1] for v in vals]), 1),
+            "text_frames": r(median([len(v[2]) for v in vals]), 1),
+            "gap_p50_ms": r(median([pct(gaps_ms(v[2]), 50) for v in vals]), 1),
+            "gap_max_ms": r(median([max(gaps_ms(v[2]), default=0.0) for v in vals]), 1),
+        }
     return out
 
 
 def run(quick: bool, runs: int, log_dir: Path) -> dict[str, Any]:
-    words = 50 if quick else 200
+    words, pace_ms = (30, 20) if quick else (100, 20)
     with tempfile.TemporaryDirectory(prefix="bench-letta-") as data, LocalStack(REPO_ROOT, Path(data)) as stack:
-        svc = Child(
-            "bench.service_proc",
-            "--letta",
-            stack.letta_url,
-            "--window",
-            "0.05",
-            "--model",
-            stack.model_handle,
-            "--embedding",
-            stack.embedding_handle,
-            health="/health",
-            log=log_dir / "service-real.log",
-        )
-        with svc:
-            agent_id = post_json(svc.url + "/agents", {"user_id": "bench", "agent_type": "tutor"})["agent_id"]
-            out = asyncio.run(compare(stack.letta_url, svc, agent_id, words, runs))
+        children = {
+            label: Child(
+                "bench.service_proc",
+                "--letta",
+                stack.letta_url,
+                "--window",
+                "0.05",
+                "--resume",
+                resume,
+                "--model",
+                stack.model_handle,
+                "--embedding",
+                stack.embedding_handle,
+                health="/health",
+                log=log_dir / f"service-real-{resume}.log",
+            )
+            for label, resume in (
+                ("through /chat/stream, resumable (background)", "on"),
+                ("through /chat/stream, STREAM_RESUME=off", "off"),
+            )
+        }
+        with contextlib.ExitStack() as running:
+            for child in children.values():
+                running.enter_context(child)
+            first = next(iter(children.values()))
+            agent_id = post_json(first.url + "/agents", {"user_id": "bench", "agent_type": "tutor"})["agent_id"]
+            out = asyncio.run(compare(stack.letta_url, children, agent_id, words, pace_ms, runs))
             out["stack_startup_s"] = stack.startup_seconds
     print(f"  real Letta: {out}", flush=True)
     return out

@@ -115,16 +115,52 @@ def _stages(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _slow(res: dict[str, Any]) -> list[str]:
+    out = [f"## Clients that read nothing ({res['streams']} streams, upstream writing as fast as it can)", ""]
+    out += table(
+        ["idle RSS KiB", "max RSS 1st half", "max RSS 2nd half", "growth 2nd half", "per stalled stream KiB"],
+        [
+            [
+                res["rss_idle_kib"],
+                res["rss_first_half_max_kib"],
+                res["rss_second_half_max_kib"],
+                res["growth_second_half_kib"],
+                res["per_stalled_stream_kib"],
+            ]
+        ],
+    )
+    out += [
+        "",
+        f"Send timeout {res['send_timeout_s']} s: {res['upstream_cancels']} of {res['streams']} upstream runs "
+        f"cancelled (their streams closed) within {res['closed_after_s']} s of the clients' last read.",
+    ]
+    return out
+
+
 def _real(res: dict[str, Any]) -> list[str]:
-    out = [f"## Real Letta 0.16.8 + scripted LLM (`[long {res['words']}] [slow 0]`)", ""]
+    out = [f"## Real Letta 0.16.8 + scripted LLM (`[long {res['words']}] [slow {res['pace_ms']}]`)", ""]
     keys = [k for k in res if isinstance(res[k], dict) and "ttfe_ms" in res[k]]
-    out += table(["path", "TTFE ms", "total ms"], [[k, res[k]["ttfe_ms"], res[k]["total_ms"]] for k in keys])
-    if len(keys) == 2:
-        a, b = res[keys[0]], res[keys[1]]
-        out += [
-            "",
-            f"Bridge cost: +{b['ttfe_ms'] - a['ttfe_ms']:.1f} ms TTFE, +{b['total_ms'] - a['total_ms']:.1f} ms total.",
-        ]
+    out += table(
+        ["path", "TTFE ms", "total ms", "text frames", "gap p50 ms", "gap max ms"],
+        [
+            [
+                k,
+                res[k]["ttfe_ms"],
+                res[k]["total_ms"],
+                res[k]["text_frames"],
+                res[k]["gap_p50_ms"],
+                res[k]["gap_max_ms"],
+            ]
+            for k in keys
+        ],
+    )
+    base = res[keys[0]]
+    out.append("")
+    for k in keys[1:]:
+        out.append(
+            f"{k}: +{res[k]['ttfe_ms'] - base['ttfe_ms']:.1f} ms TTFE, +{res[k]['total_ms'] - base['total_ms']:.1f} ms "
+            "total against the direct path."
+        )
     out += ["", f"Real stream ends on the wire with: `{' | '.join(res['stream_end_on_wire'])}`"]
     return out
 
@@ -148,6 +184,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
     sections: list[tuple[str, Callable[[Any], list[str]]]] = [
         ("latency", _latency),
         ("concurrency", _concurrency),
+        ("slow_consumer", _slow),
         ("stages", _stages),
         ("real_letta", _real),
     ]

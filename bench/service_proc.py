@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 
@@ -73,6 +74,8 @@ async def run(args: argparse.Namespace) -> None:
         "model": args.model,
         "embedding": args.embedding,
         "service_token": TOKEN,
+        "send_timeout": args.send_timeout,
+        "resume": args.resume == "on",
     }
     known = {field.name for field in attrs.fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
@@ -101,12 +104,14 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.05)
     parser.add_argument("--keepalive", type=float, default=15.0)
     parser.add_argument("--pool", type=int, default=0)
+    parser.add_argument("--resume", choices=("on", "off"), default="on", help="STREAM_RESUME")
+    parser.add_argument("--send-timeout", type=float, default=30.0, help="STREAM_SEND_TIMEOUT_SECONDS")
     parser.add_argument("--diagnose", action="store_true", help="log GC pauses and event-loop stalls")
     parser.add_argument("--model", default="openai/gpt-4o-mini")
     parser.add_argument("--embedding", default="openai/text-embedding-3-small")
     args = parser.parse_args()
     raise_fd_limit()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "WARNING")))
     asyncio.run(run(args))
 
 

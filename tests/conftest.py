@@ -21,6 +21,8 @@ from devstack.stack import LocalStack, StackError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_TOKEN = "integration-service-token"
 """The bearer token the test service requires (the pipe's SERVICE_TOKEN valve)."""
+RESUME_GRACE = 6.0
+"""Seconds the test service keeps a dropped client's turn running (30 by default)."""
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,7 @@ def service(letta_stack: LocalStack) -> Iterator[ServiceThread]:
         embedding=letta_stack.embedding_handle,
         keepalive_interval=1.0,
         service_token=SERVICE_TOKEN,
+        resume_grace=RESUME_GRACE,
     )
     with ServiceThread(settings) as running:
         yield running

@@ -15,6 +15,7 @@ class TcpProxy:
         self.target_port = target_port
         self.port = 0
         self._scope = anyio.CancelScope()
+        self._connections: set[anyio.CancelScope] = set()
 
     async def run(self, *, task_status: TaskStatus[TcpProxy] = anyio.TASK_STATUS_IGNORED) -> None:
         with self._scope:
@@ -27,11 +28,20 @@ class TcpProxy:
     def kill(self) -> None:
         self._scope.cancel()
 
+    def drop_connections(self) -> int:
+        """Cut every open connection (a flaky network); new ones are still accepted.  Returns how many."""
+        scopes, self._connections = self._connections, set()
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
+
     async def _handle(self, client: SocketStream) -> None:
         upstream = await anyio.connect_tcp("127.0.0.1", self.target_port)
         async with client, upstream, anyio.create_task_group() as tg:
+            self._connections.add(tg.cancel_scope)
             tg.start_soon(_pump, client, upstream, tg.cancel_scope)
             tg.start_soon(_pump, upstream, client, tg.cancel_scope)
+        self._connections.discard(tg.cancel_scope)
 
 
 async def _pump(source: SocketStream, sink: SocketStream, scope: Any) -> None:

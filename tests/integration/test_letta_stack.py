@@ -11,8 +11,9 @@ import itertools
 import time
 from typing import Any
 
+import anyio
 import pytest
-from letta_client import APIStatusError, AsyncLetta, InternalServerError
+from letta_client import APIStatusError, AsyncLetta, BadRequestError, InternalServerError, NotFoundError
 
 from devstack.stack import LocalStack
 from tests.scripted_llm import REASONING, TOOL_ARGUMENTS, TOOL_NAME, expected_answer, word_deltas
@@ -170,3 +171,77 @@ async def test_slow_marker_paces_the_deltas(letta_client: AsyncLetta, agent_id: 
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) > 0.05, gaps
     assert arrivals[-1] - arrivals[0] > 0.5
+
+
+def text_of(messages: list[Any]) -> str:
+    return "".join(m.content for m in of_type(messages, "assistant_message"))
+
+
+async def final_status(client: AsyncLetta, run_id: str) -> str:
+    """The run's status once terminal (polled up to 10 s): Letta records it just after the last chunk."""
+    for _ in range(100):
+        status = (await client.runs.retrieve(run_id)).status
+        if status not in ("created", "running"):
+            return str(status)
+        await anyio.sleep(0.1)
+    raise AssertionError(f"run {run_id} still {status} after 10 s")
+
+
+async def test_background_stream_resumes_after_disconnect(letta_client: AsyncLetta, agent_id: str) -> None:
+    """``background=True`` (needs the stack's Redis): drop the stream mid-answer, resume from the last seq_id.
+
+    Observed (0.16.8): seq_ids count from 1 (the initial ping) per run; every ping and message chunk
+    carries one, ``stop_reason``/``usage_statistics`` carry none (not on the wire, not in the SDK
+    models). Letta writes chunks to Redis in ~0.5 s batches, so the POST stream arrives in bursts.
+    Closing the stream does not stop the run; ``runs.messages.stream(run_id, starting_after=seq)``
+    replays what came after ``seq`` and then follows the live run to its end.
+    """
+    prompt = "[slow 100] [long 60] resume me"  # ~6 s of answer: the resume happens while it runs
+    first: list[Any] = []
+    stream = await letta_client.agents.messages.create(
+        agent_id, streaming=True, background=True, input=prompt, stream_tokens=True, include_pings=True
+    )
+    async for message in stream:
+        first.append(message)
+        if len(of_type(first, "assistant_message")) == 10:
+            break
+    await stream.close()
+    run_id, cursor = first[-1].run_id, first[-1].seq_id
+    assert (await letta_client.runs.retrieve(run_id)).status == "running"
+
+    resumed = await letta_client.runs.messages.stream(run_id, starting_after=cursor)
+    async with resumed:
+        rest = [message async for message in resumed]
+
+    assert first[0].message_type == "ping"
+    assert first[0].seq_id == 1
+    assert kinds(rest)[-3:] == ["assistant_message", "stop_reason", "usage_statistics"]
+    assert of_type(rest, "stop_reason")[0].stop_reason == "end_turn"
+    numbered = first + rest[:-2]  # all but stop_reason and usage_statistics
+    assert all(isinstance(m.seq_id, int) for m in numbered)
+    assert all(not hasattr(m, "seq_id") for m in rest[-2:])
+    assert [m.seq_id for m in numbered] == list(range(1, len(numbered) + 1))  # no gap, no repeat
+    assert {m.run_id for m in numbered} == {run_id}
+    assert text_of(first) + text_of(rest) == expected_answer(prompt)  # no word twice, none missing
+    assert await final_status(letta_client, run_id) == "completed"
+
+    # A finished run's stream is still in Redis (3 h): it replays at once from any cursor.
+    replay = await letta_client.runs.messages.stream(run_id, starting_after=0)
+    async with replay:
+        everything = [message async for message in replay]
+    assert [getattr(m, "seq_id", None) for m in everything] == [m.seq_id for m in numbered] + [None, None]
+    assert text_of(everything) == expected_answer(prompt)
+
+
+async def test_resume_needs_a_background_run(letta_client: AsyncLetta, agent_id: str) -> None:
+    """A foreground run cannot be resumed (400); an unknown run id is 404, a malformed one 400."""
+    foreground = await collect(letta_client, agent_id, "[long 3] not resumable")
+    run_id = foreground[0].run_id
+    assert all(getattr(m, "seq_id", None) is None for m in foreground)  # foreground chunks have no seq_id
+
+    with pytest.raises(BadRequestError, match="not created in background mode"):
+        await letta_client.runs.messages.stream(run_id, starting_after=0)
+    with pytest.raises(NotFoundError):
+        await letta_client.runs.messages.stream("run-00000000-0000-4000-8000-000000000000")
+    with pytest.raises(BadRequestError, match="Invalid run ID format"):
+        await letta_client.runs.messages.stream("no-such-run")
