@@ -64,7 +64,12 @@ async def raw_tail(url: str, agent_id: str) -> list[str]:
     body = {"input": "hello", "streaming": True, "stream_tokens": True, "include_pings": True}
     async with (
         httpx.AsyncClient(timeout=60) as http,
-        http.stream("POST", f"{url}/v1/agents/{agent_id}/messages", json=body) as response,
+        http.stream(
+            "POST",
+            f"{url}/v1/agents/{agent_id}/messages",
+            json=body,
+            headers={"User-Agent": "letta-client/1.12.1"},  # Letta streams only to clients it takes for SDK 1.0+
+        ) as response,
     ):
         text = (await response.aread()).decode()
     frames = [f for f in text.split("\n\n") if f]

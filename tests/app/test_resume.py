@@ -247,3 +247,14 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
     with anyio.fail_after(within):
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+async def test_a_draining_service_cancels_the_turns_waiting_for_their_clients(app: Quart, letta: Any) -> None:
+    agent_id = await new_agent(app)
+    await drop_mid_answer(app, agent_id)
+    assert letta.agents.messages.cancelled == []
+    draining = svc(app).draining
+    assert draining is not None
+    draining.set()  # SIGTERM: nobody will be here to resume them
+    await until(lambda: not svc(app).guard.busy(agent_id))
+    await until(lambda: letta.agents.messages.cancelled == [agent_id])
