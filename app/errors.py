@@ -49,3 +49,10 @@ class UpstreamUnavailable(ApiError):
 
     status = 503
     code = "upstream_unavailable"
+
+
+class NotResumable(ApiError):
+    """A ``Last-Event-ID`` of a turn that cannot be read again (not resumable, or too old)."""
+
+    status = 410
+    code = "not_resumable"

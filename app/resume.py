@@ -18,7 +18,7 @@ from pipeline.cursor import Cursor
 from pipeline.letta_turn import LettaTurn, resume_turn, start_turn
 
 from .bodies import StreamRequest
-from .errors import NotFound, UpstreamUnavailable
+from .errors import NotFound, NotResumable, UpstreamError, UpstreamUnavailable
 from .services import Services
 from .turns import TurnInProgress
 from .upstream import letta_errors
@@ -65,6 +65,8 @@ async def claim_for_resume(svc: Services, agent_id: str, position: Cursor) -> No
         run = await _control(svc).runs.retrieve(position.run_id)
     if run.agent_id != agent_id:
         raise NotFound("stream position not found")  # another agent's run: say no more than for none
+    if run.background is False:
+        raise NotResumable("this turn was not streamed resumably; send the message again")
     try:
         svc.guard.claim(agent_id)
     except TurnInProgress:
@@ -92,8 +94,13 @@ async def open_turn(svc: Services, body: StreamRequest) -> LettaTurn:
 async def reopen_turn(svc: Services, agent_id: str, position: Cursor) -> LettaTurn:
     """The rest of run ``position.run_id`` after ``position.seq``."""
     with anyio.move_on_after(REOPEN_LIMIT):
-        async with letta_errors("stream position"):
-            return await resume_turn(svc.stream_client(), agent_id, position, control=svc.control)
+        try:
+            async with letta_errors("stream position"):
+                return await resume_turn(svc.stream_client(), agent_id, position, control=svc.control)
+        except UpstreamError as exc:  # Letta 400 (not a background run) or 410 (older than its 3 h horizon)
+            if getattr(exc.__cause__, "status_code", None) in (400, 410):
+                raise NotResumable("this turn can no longer be resumed; send the message again") from exc
+            raise
     raise UpstreamUnavailable("the agent server did not reopen the turn; send the message again")
 
 

@@ -158,7 +158,7 @@ def _real(res: dict[str, Any]) -> list[str]:
     out.append("")
     for k in keys[1:]:
         out.append(
-            f"{k}: +{res[k]['ttfe_ms'] - base['ttfe_ms']:.1f} ms TTFE, +{res[k]['total_ms'] - base['total_ms']:.1f} ms "
+            f"{k}: {res[k]['ttfe_ms'] - base['ttfe_ms']:+.1f} ms TTFE, {res[k]['total_ms'] - base['total_ms']:+.1f} ms "
             "total against the direct path."
         )
     out += ["", f"Real stream ends on the wire with: `{' | '.join(res['stream_end_on_wire'])}`"]

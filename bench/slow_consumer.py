@@ -38,7 +38,7 @@ async def stall(svc: Child, agent_ids: list[str], seconds: float) -> tuple[list[
 
 
 def run(emulator: Child, quick: bool, log_dir: Path) -> dict[str, Any]:
-    n, send_timeout = (20, 4.0) if quick else (200, 12.0)
+    n, send_timeout = (20, 4.0) if quick else (100, 20.0)
     agent_ids = make_agents(emulator, n, f"slow-{time.monotonic_ns()}")
     svc = Child(
         "bench.service_proc",

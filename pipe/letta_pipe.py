@@ -103,6 +103,23 @@ def status(description: str, done: bool = False, hidden: bool = False) -> dict[s
     return {"type": "status", "data": {"description": description, "done": done, "hidden": hidden}}
 
 
+def refusal(response: httpx.Response) -> str:
+    """A sentence for the student about a non-2xx answer of the service."""
+    try:
+        detail = response.json().get("message", "")
+    except ValueError:
+        detail = ""
+    if response.status_code in (502, 503, 504):
+        return "Your tutor is unavailable right now. Please try again in a minute."
+    if response.status_code in (401, 403):
+        return "The tutor service refused this app's credentials; please tell your administrator."
+    if response.status_code == 409:
+        return "Your tutor is still answering your previous message. Please wait for it to finish."
+    if response.status_code == 410:
+        return "The connection to the tutor was interrupted and its answer can't be picked up again. Please resend."
+    return f"The tutor service could not handle this message ({response.status_code}: {detail})."
+
+
 def friendly_error(message: str) -> str:
     return f"\n\n⚠️ {message}"
 
@@ -141,6 +158,71 @@ def task_answer(task: str, body: dict[str, Any]) -> str:
     if task == "follow_up_generation":
         return json.dumps({"follow_ups": []})
     return ""
+
+
+# -- one turn as the student sees it ---------------------------------------------------
+
+
+class _Turn:
+    """One turn's stream(s) → what OpenWebUI shows.  Remembers the position (``last_id``) for a resume."""
+
+    def __init__(self, emit: Emitter | None, show_reasoning: bool) -> None:
+        self.emit = emit
+        self.show_reasoning = show_reasoning
+        self.ended = False  # a done or error event arrived
+        self.showing = False  # a status line is on screen
+        self.last_id = ""  # the SSE id of the last complete frame: where the turn resumes
+
+    async def say(self, description: str, done: bool = False, hidden: bool = False) -> None:
+        self.showing = not hidden
+        if self.emit is not None:
+            await self.emit(status(description, done, hidden))
+
+    async def read(
+        self, client: httpx.AsyncClient, request: dict[str, Any], resume: bool = False
+    ) -> AsyncIterator[Any]:
+        """Yield what one connection of ``/chat/stream`` brings; return quietly if it drops mid-turn."""
+        headers = {"Last-Event-ID": self.last_id} if resume else {}
+        try:
+            async with aconnect_sse(client, "POST", "/chat/stream", json=request, headers=headers) as source:
+                if source.response.status_code != 200:
+                    await source.response.aread()
+                    raise ServiceError(refusal(source.response))
+                async for sse in source.aiter_sse():
+                    self.last_id = sse.id or self.last_id
+                    if not sse.data:  # a keepalive comment (httpx-sse yields it as an empty event)
+                        continue
+                    try:
+                        event = decode_event(sse.data)
+                    except ProtocolError as exc:
+                        log.warning("letta pipe: skipping a malformed event: %s", exc)
+                        continue
+                    if event is not None:
+                        async for chunk in self._show(event):
+                            yield chunk
+                    if self.ended:
+                        return
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            log.info("letta pipe: the stream dropped: %r", exc)
+
+    async def _show(self, event: dict[str, Any]) -> AsyncIterator[Any]:
+        kind = event["type"]
+        if kind == "status":
+            await self.say(event["content"])
+        elif kind == "reasoning":
+            if self.show_reasoning:
+                yield reasoning_chunk(event["content"])
+        elif kind == "message":
+            if self.showing:  # the answer is being written: "Thinking..."/"Using x..." is over
+                await self.say("Writing", done=True, hidden=True)
+            yield content_chunk(event["content"])
+        elif kind == "error":
+            self.ended = True
+            yield content_chunk(friendly_error(f"The tutor ran into a problem: {event['message']}"))
+            await self.say("Something went wrong", done=True)
+        elif kind == "done":
+            self.ended = True
+            await self.say("Done", done=True, hidden=True)
 
 
 # -- the Function -----------------------------------------------------------------------
@@ -187,26 +269,15 @@ class Pipe:
         show_reasoning: bool,
     ) -> AsyncIterator[Any]:
         valves = self.valves
-        ended = False
-        showing = False  # a status line is on screen
+        turn = _Turn(emit, show_reasoning)
         agent_id: str | None = None
-        last_id = ""  # the position reached in the turn (the SSE id of the last frame)
-        reconnects = 0
-
-        async def say(description: str, done: bool = False, hidden: bool = False) -> None:
-            nonlocal showing
-            showing = not hidden
-            if emit is not None:
-                await emit(status(description, done, hidden))
-
         message = last_user_text(body.get("messages", []))
         if not message.strip():
             yield "Please type a message for your tutor."
             return
         timeout = httpx.Timeout(valves.READ_TIMEOUT, connect=valves.CONNECT_TIMEOUT)
-        headers = {"Authorization": f"Bearer {valves.SERVICE_TOKEN}"} if valves.SERVICE_TOKEN else {}
         try:
-            async with httpx.AsyncClient(base_url=valves.SERVICE_URL, timeout=timeout, headers=headers) as client:
+            async with httpx.AsyncClient(base_url=valves.SERVICE_URL, timeout=timeout, headers=self._auth()) as client:
                 agent_id = await self._agent_for(client, user)
                 request = {
                     "agent_id": agent_id,
@@ -215,82 +286,45 @@ class Pipe:
                     "chat_id": chat_id,
                     "enable_thinking": valves.ENABLE_THINKING,
                 }
-                while True:
-                    resume = {"Last-Event-ID": last_id} if reconnects else {}
-                    try:
-                        async with aconnect_sse(client, "POST", "/chat/stream", json=request, headers=resume) as source:
-                            if source.response.status_code != 200:
-                                await source.response.aread()
-                                raise ServiceError(self._refusal(source.response))
-                            async for sse in source.aiter_sse():
-                                last_id = sse.id or last_id
-                                if not sse.data:  # a keepalive comment (httpx-sse yields it as an empty event)
-                                    continue
-                                try:
-                                    event = decode_event(sse.data)
-                                except ProtocolError as exc:
-                                    log.warning("letta pipe: skipping a malformed event: %s", exc)
-                                    continue
-                                if event is None:
-                                    continue
-                                kind = event["type"]
-                                if kind == "status":
-                                    await say(event["content"])
-                                elif kind == "reasoning":
-                                    if show_reasoning:
-                                        yield reasoning_chunk(event["content"])
-                                elif kind == "message":
-                                    if showing:  # the answer is being written: "Thinking..."/"Using x..." is over
-                                        await say("Writing", done=True, hidden=True)
-                                    yield content_chunk(event["content"])
-                                elif kind == "error":
-                                    ended = True
-                                    yield content_chunk(
-                                        friendly_error(f"The tutor ran into a problem: {event['message']}")
-                                    )
-                                    await say("Something went wrong", done=True)
-                                    return
-                                elif kind == "done":
-                                    ended = True
-                                    await say("Done", done=True, hidden=True)
-                                    return
-                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                        log.info("letta pipe: the stream dropped: %r", exc)
-                    if ended or not last_id or reconnects >= 1:
-                        break
-                    reconnects += 1  # the turn goes on without us: pick it up where we were
-                    log.info("letta pipe: resuming the turn from %s", last_id)
-            if not ended:
-                ended = True
+                async for chunk in turn.read(client, request):
+                    yield chunk
+                if not turn.ended and turn.last_id:  # dropped mid-turn: the turn goes on, pick it up once
+                    log.info("letta pipe: resuming the turn from %s", turn.last_id)
+                    async for chunk in turn.read(client, request, resume=True):
+                        yield chunk
+            if not turn.ended:
+                turn.ended = True
                 yield content_chunk(friendly_error("The connection to the tutor was interrupted. Please try again."))
-                await say("Interrupted", done=True)
+                await turn.say("Interrupted", done=True)
         except asyncio.CancelledError:
-            if agent_id is not None and not ended:  # the stop button: stop the turn, not just our reading
-                await asyncio.shield(self._stop(agent_id, user.get("id"), last_id))
+            if agent_id is not None and not turn.ended:  # the stop button: stop the turn, not just our reading
+                await asyncio.shield(self._stop(agent_id, user.get("id"), turn.last_id))
             if emit is not None:  # don't leave "Thinking..." on screen
                 await asyncio.shield(emit(status("Stopped", done=True, hidden=True)))
             raise
         except ServiceError as exc:
             yield content_chunk(friendly_error(exc.message))
-            await say("Something went wrong", done=True)
+            await turn.say("Something went wrong", done=True)
         except httpx.ConnectError:
             yield content_chunk(friendly_error("The tutor service can't be reached right now. Please try again soon."))
-            await say("Tutor unavailable", done=True)
+            await turn.say("Tutor unavailable", done=True)
         except httpx.TimeoutException:
             yield content_chunk(friendly_error("The tutor took too long to answer. Please try again."))
-            await say("Timed out", done=True)
+            await turn.say("Timed out", done=True)
         except httpx.HTTPError:
             log.exception("letta pipe: the connection to the service failed")
             yield content_chunk(friendly_error("The connection to the tutor failed. Please try again."))
-            await say("Connection failed", done=True)
+            await turn.say("Connection failed", done=True)
+
+    def _auth(self) -> dict[str, str]:
+        token = self.valves.SERVICE_TOKEN
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _stop(self, agent_id: str, user_id: Any, last_id: str) -> None:
         """Ask the service to cancel the turn now; never raises (the student already pressed stop)."""
-        valves = self.valves
-        headers = {"Authorization": f"Bearer {valves.SERVICE_TOKEN}"} if valves.SERVICE_TOKEN else {}
         run_id = last_id.rsplit(":", 1)[0] if ":" in last_id else None
         try:
-            async with httpx.AsyncClient(base_url=valves.SERVICE_URL, timeout=3.0, headers=headers) as client:
+            async with httpx.AsyncClient(base_url=self.valves.SERVICE_URL, timeout=3.0, headers=self._auth()) as client:
                 await client.post("/chat/cancel", json={"agent_id": agent_id, "user_id": user_id, "run_id": run_id})
         except httpx.HTTPError as exc:
             log.warning("letta pipe: could not ask the service to stop the turn: %r", exc)
@@ -303,21 +337,6 @@ class Pipe:
         payload = {"user_id": user_id, "agent_type": self.valves.AGENT_TYPE, "user_name": user.get("name")}
         response = await client.post("/agents", json=payload)
         if response.status_code not in (200, 201):
-            raise ServiceError(self._refusal(response))
+            raise ServiceError(refusal(response))
         agent_id: str = response.json()["agent_id"]
         return agent_id
-
-    @staticmethod
-    def _refusal(response: httpx.Response) -> str:
-        """A sentence for the student about a non-2xx answer of the service."""
-        try:
-            detail = response.json().get("message", "")
-        except ValueError:
-            detail = ""
-        if response.status_code in (502, 503, 504):
-            return "Your tutor is unavailable right now. Please try again in a minute."
-        if response.status_code in (401, 403):
-            return "The tutor service refused this app's credentials; please tell your administrator."
-        if response.status_code == 409:
-            return "Your tutor is still answering your previous message. Please wait for it to finish."
-        return f"The tutor service could not handle this message ({response.status_code}: {detail})."

@@ -72,6 +72,9 @@ class FakeRunMessages:
         run = self._letta.runs.get(run_id)
         if run is None:
             raise not_found()
+        if not run.background:
+            message = "INVALID_ARGUMENT: Run was not created in background mode, so it cannot be retrieved."
+            raise APIStatusError(message, response=httpx.Response(400, request=_REQUEST), body={"detail": message})
         self.resumed.append((run_id, starting_after))
         seqs = [getattr(ch, "seq_id", None) for ch in run.chunks]
         rest = run.chunks[seqs.index(starting_after) + 1 :] if starting_after else run.chunks

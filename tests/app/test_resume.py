@@ -258,3 +258,19 @@ async def test_a_draining_service_cancels_the_turns_waiting_for_their_clients(ap
     draining.set()  # SIGTERM: nobody will be here to resume them
     await until(lambda: not svc(app).guard.busy(agent_id))
     await until(lambda: letta.agents.messages.cancelled == [agent_id])
+
+
+async def test_a_turn_that_cannot_be_read_again_is_410_and_frees_the_agent(letta: Any) -> None:
+    letta.agents.messages.reply = WORDS
+    letta.store.hold_after = 8
+    first_app = create_app(Settings(throttle_window=0.0), client=letta)
+    async with first_app.test_app():
+        agent_id = await new_agent(first_app)
+        first = await drop_mid_answer(first_app, agent_id)
+    for run in letta.store.runs.values():
+        run.background = False  # e.g. Letta lost it, or it was never resumable
+    second_app = create_app(Settings(throttle_window=0.0), client=letta)
+    async with second_app.test_app():
+        status, _, body = await resume(second_app, agent_id, first.last_id)
+        assert (status, body["error"]) == (410, "not_resumable")
+        assert not svc(second_app).guard.busy(agent_id)
