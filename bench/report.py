@@ -134,6 +134,11 @@ def _slow(res: dict[str, Any]) -> list[str]:
         f"Send timeout {res['send_timeout_s']} s: {res['upstream_cancels']} of {res['streams']} upstream runs "
         f"cancelled (their streams closed) within {res['closed_after_s']} s of the clients' last read.",
     ]
+    if res["upstream_cancels"] < res["streams"]:
+        out.append(
+            "(The rest were still filling the kernel's socket buffers — several MiB per connection on loopback — "
+            "which the service's memory does not include: its send timeout counts from the service's own stall.)"
+        )
     return out
 
 

@@ -210,13 +210,18 @@ async def test_no_one_resumes_another_students_run(app: Quart, letta: Any) -> No
     assert svc(app).guard.busy(ada)  # ada's turn still waits for ada
 
 
-async def test_a_restarted_service_resumes_a_run_it_never_held(letta: Any) -> None:
+async def drop_on_a_service_that_then_stops(letta: Any) -> tuple[str, Reader]:
+    """A turn dropped mid-answer on a service instance that is gone by the time the client comes back."""
     letta.agents.messages.reply = WORDS
     letta.store.hold_after = 8
     first_app = create_app(Settings(throttle_window=0.0), client=letta)
     async with first_app.test_app():
         agent_id = await new_agent(first_app)
-        first = await drop_mid_answer(first_app, agent_id)
+        return agent_id, await drop_mid_answer(first_app, agent_id)
+
+
+async def test_a_restarted_service_resumes_a_run_it_never_held(letta: Any) -> None:
+    agent_id, first = await drop_on_a_service_that_then_stops(letta)
     letta.store.go.set()
     second_app = create_app(Settings(throttle_window=0.0), client=letta)
     async with second_app.test_app():
@@ -261,12 +266,7 @@ async def test_a_draining_service_cancels_the_turns_waiting_for_their_clients(ap
 
 
 async def test_a_turn_that_cannot_be_read_again_is_410_and_frees_the_agent(letta: Any) -> None:
-    letta.agents.messages.reply = WORDS
-    letta.store.hold_after = 8
-    first_app = create_app(Settings(throttle_window=0.0), client=letta)
-    async with first_app.test_app():
-        agent_id = await new_agent(first_app)
-        first = await drop_mid_answer(first_app, agent_id)
+    agent_id, first = await drop_on_a_service_that_then_stops(letta)
     for run in letta.store.runs.values():
         run.background = False  # e.g. Letta lost it, or it was never resumable
     second_app = create_app(Settings(throttle_window=0.0), client=letta)
