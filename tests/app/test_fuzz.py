@@ -15,7 +15,7 @@ from .fake_letta import make_fake
 
 pytestmark = pytest.mark.anyio
 
-ENDPOINTS = [("POST", "/agents"), ("POST", "/chat"), ("POST", "/chat/stream")]
+ENDPOINTS = [("POST", "/agents"), ("POST", "/chat"), ("POST", "/chat/stream"), ("POST", "/chat/cancel")]
 FIELDS = [
     "user_id",
     "agent_type",
@@ -26,6 +26,7 @@ FIELDS = [
     "chat_title",
     "enable_thinking",
     "stream_tokens",
+    "run_id",
 ]
 
 json_values = st.recursive(
@@ -80,3 +81,20 @@ async def test_any_query_and_path(user_id: str, agent_id: str) -> None:
     safe = "".join(c for c in agent_id if c.isalnum() or c in "-_") or "x"
     status, data = await call("GET", f"/agents/{safe}")
     assert_clean(status, data)
+
+
+@FUZZ
+@given(last_id=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300))
+async def test_any_last_event_id(last_id: str) -> None:
+    """A reconnecting client's ``Last-Event-ID`` is untrusted input too."""
+    app = create_app(Settings(max_body_bytes=4096), client=make_fake())
+    async with app.test_app():
+        client = app.test_client()
+        agent_id = (await (await client.post("/agents", json={"user_id": "u"})).get_json())["agent_id"]
+        response = await client.post(
+            "/chat/stream", json={"agent_id": agent_id, "message": "hi"}, headers={"Last-Event-ID": last_id}
+        )
+        data = await response.get_data()
+    assert_clean(response.status_code, data)
+    if last_id.strip():
+        assert response.status_code in (400, 404), data  # not a position, or no such run
