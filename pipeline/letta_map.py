@@ -16,7 +16,8 @@ event gets a ``cursor``: the last chunk whose events are all out once this event
 The last event a chunk causes carries that chunk's position; the others (and one
 that completes earlier chunks, like a tool call closed by the next chunk) carry the
 position before it; the final ``done`` carries the last position.  Resuming after a cursor therefore repeats no text and
-loses none.  The turn's first keepalive carries position 0 ("from the start").
+loses none.  The turn's first frame carries a position even if it says nothing (a
+keepalive): Letta's opening ping (seq 1), or position 0 ("from the start").
 """
 
 from __future__ import annotations
