@@ -51,16 +51,9 @@ async def claim_agent(svc: Services, agent_id: str) -> None:
 
 async def claim_for_resume(svc: Services, agent_id: str, position: Cursor) -> None:
     """Claim ``agent_id`` to resume its run ``position.run_id``, or raise 404/409."""
-    detached = svc.detached
-    if detached is not None:
-        with anyio.move_on_after(ADOPT_WAIT):
-            while not detached.adopt(agent_id, position.run_id):
-                if not svc.guard.busy(agent_id):
-                    break
-                await anyio.sleep(0.02)  # the old stream is still attached: it will detach on noticing
-            else:
-                svc.metrics.resumed += 1
-                return
+    if await _adopt(svc, agent_id, position.run_id):
+        svc.metrics.resumed += 1
+        return
     async with letta_errors("stream position"):
         run = await _control(svc).runs.retrieve(position.run_id)
     if run.agent_id != agent_id:
@@ -73,6 +66,19 @@ async def claim_for_resume(svc: Services, agent_id: str, position: Cursor) -> No
         svc.metrics.refused_busy += 1
         raise
     svc.metrics.resumed += 1
+
+
+async def _adopt(svc: Services, agent_id: str, run_id: str) -> bool:
+    """Take over the detached turn ``run_id``; if its old stream is still attached, wait (bounded) for it to let go."""
+    detached = svc.detached
+    if detached is None:
+        return False
+    with anyio.move_on_after(ADOPT_WAIT):
+        while svc.guard.busy(agent_id):
+            if detached.adopt(agent_id, run_id):
+                return True
+            await anyio.sleep(0.02)  # the old connection's stream detaches as soon as it notices the drop
+    return False
 
 
 async def open_turn(svc: Services, body: StreamRequest) -> LettaTurn:

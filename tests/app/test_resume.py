@@ -274,3 +274,23 @@ async def test_a_turn_that_cannot_be_read_again_is_410_and_frees_the_agent(letta
         status, _, body = await resume(second_app, agent_id, first.last_id)
         assert (status, body["error"]) == (410, "not_resumable")
         assert not svc(second_app).guard.busy(agent_id)
+
+
+async def test_a_resume_that_beats_the_old_stream_noticing_the_drop_waits_for_it(app: Quart, letta: Any) -> None:
+    agent_id = await new_agent(app)
+    first = Reader()
+    body = json.dumps({"agent_id": agent_id, "message": "hi", "user_id": "ada"}).encode()
+    async with app.test_client().request("/chat/stream", method="POST") as connection:
+        await connection.send(body)
+        await connection.send_complete()
+        with anyio.fail_after(5):
+            while len(first.text) < 4:
+                first.feed(await connection.receive())
+        assert svc(app).metrics.active == 1  # the old stream is still attached (held mid-answer)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(connection.disconnect)  # the drop reaches the service while the resume comes in
+            status, second, _ = await resume(app, agent_id, first.last_id)
+    assert (status, first.text + second.text) == (200, FULL)
+    detached = svc(app).detached
+    assert detached is not None
+    assert detached.adopted_total == 1  # taken over from the old stream, not refused as busy
