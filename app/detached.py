@@ -40,9 +40,7 @@ class DetachedTurns:
     guard: TurnGuard
     canceller: RunCanceller
     grace: float = 30.0
-    held_total: int = 0
     adopted_total: int = 0
-    expired_total: int = 0
     _held: dict[str, Detached] = attrs.field(factory=dict, init=False)
     _stops: set[str] = attrs.field(factory=set, init=False)
     _tg: TaskGroup | None = attrs.field(default=None, init=False)
@@ -56,7 +54,6 @@ class DetachedTurns:
         if self._tg is None or self.grace <= 0 or agent_id in self._stops:
             return False
         record = self._held[run_id] = Detached(agent_id, run_id)
-        self.held_total += 1
         self._tg.start_soon(self._expire_later, record)
         log.info("turn detached agent_id=%s run_id=%s grace_s=%s", agent_id, run_id, self.grace)
         return True
@@ -117,7 +114,6 @@ class DetachedTurns:
     def _expire(self, record: Detached, *, cancel: bool) -> None:
         self._held.pop(record.run_id, None)
         record.timer.cancel()
-        self.expired_total += 1
         if cancel:
             self.canceller.submit(record.agent_id, record.run_id)
         self.guard.release(record.agent_id)

@@ -50,8 +50,8 @@ class StreamMetrics:
         self.active -= 1
         self.ended[outcome] += 1
 
-    def render(self) -> str:
-        """The exposition text."""
+    def render(self, detached_turns: int = 0) -> str:
+        """The exposition text; ``detached_turns`` is how many turns wait for their client now."""
         lines = [
             "# HELP letta_stream_active_streams Streams open now.",
             "# TYPE letta_stream_active_streams gauge",
@@ -71,6 +71,9 @@ class StreamMetrics:
             "# HELP letta_stream_stops_total Turns stopped by the client (POST /chat/cancel).",
             "# TYPE letta_stream_stops_total counter",
             f"letta_stream_stops_total {self.stops}",
+            "# HELP letta_stream_detached_turns Turns whose client went away, waiting for it to resume.",
+            "# TYPE letta_stream_detached_turns gauge",
+            f"letta_stream_detached_turns {detached_turns}",
             "# HELP letta_stream_time_to_first_event_seconds From request to the first event sent.",
             "# TYPE letta_stream_time_to_first_event_seconds histogram",
         ]

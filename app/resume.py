@@ -18,7 +18,7 @@ from pipeline.cursor import Cursor
 from pipeline.letta_turn import LettaTurn, resume_turn, start_turn
 
 from .bodies import StreamRequest
-from .errors import NotFound, NotResumable, UpstreamError, UpstreamUnavailable
+from .errors import NotFound, NotResumable, UpstreamUnavailable
 from .services import Services
 from .turns import TurnInProgress
 from .upstream import letta_errors
@@ -40,11 +40,7 @@ async def claim_agent(svc: Services, agent_id: str) -> None:
         run_id = detached.held_run(agent_id)
         if run_id is not None and await _run_status(svc, run_id) in FINISHED:
             detached.release(agent_id, run_id)  # its client never came back, but it is over: not busy
-    try:
-        svc.guard.claim(agent_id)
-    except TurnInProgress:
-        svc.metrics.refused_busy += 1
-        raise
+    _claim(svc, agent_id)
     if detached is not None:
         detached.forget_stop(agent_id)
 
@@ -60,12 +56,16 @@ async def claim_for_resume(svc: Services, agent_id: str, position: Cursor) -> No
         raise NotFound("stream position not found")  # another agent's run: say no more than for none
     if run.background is False:
         raise NotResumable("this turn was not streamed resumably; send the message again")
+    _claim(svc, agent_id)
+    svc.metrics.resumed += 1
+
+
+def _claim(svc: Services, agent_id: str) -> None:
     try:
         svc.guard.claim(agent_id)
     except TurnInProgress:
         svc.metrics.refused_busy += 1
         raise
-    svc.metrics.resumed += 1
 
 
 async def _adopt(svc: Services, agent_id: str, run_id: str) -> bool:
@@ -100,13 +100,13 @@ async def open_turn(svc: Services, body: StreamRequest) -> LettaTurn:
 async def reopen_turn(svc: Services, agent_id: str, position: Cursor) -> LettaTurn:
     """The rest of run ``position.run_id`` after ``position.seq``."""
     with anyio.move_on_after(REOPEN_LIMIT):
-        try:
-            async with letta_errors("stream position"):
+        async with letta_errors("stream position"):
+            try:
                 return await resume_turn(svc.stream_client(), agent_id, position, control=svc.control)
-        except UpstreamError as exc:  # Letta 400 (not a background run) or 410 (older than its 3 h horizon)
-            if getattr(exc.__cause__, "status_code", None) in (400, 410):
-                raise NotResumable("this turn can no longer be resumed; send the message again") from exc
-            raise
+            except APIStatusError as exc:  # 400: not a background run; 410: older than Letta's 3 h horizon
+                if exc.status_code in (400, 410):
+                    raise NotResumable("this turn can no longer be resumed; send the message again") from exc
+                raise
     raise UpstreamUnavailable("the agent server did not reopen the turn; send the message again")
 
 

@@ -52,9 +52,8 @@ class PipelineBody(ResponseBody):
         self._frames: MemoryObjectReceiveStream[Any] | None = None
         self._entered = False
         self._finalized = False
-        self.stalled = False
-        """The client stopped reading: the pipeline ended, and the response must not wait on it either."""
         self.on_stall: Callable[[], object] | None = None
+        """Called when the client stopped reading: the response must not wait on it either."""
 
     async def __aenter__(self) -> PipelineBody:
         self._entered = True
@@ -77,7 +76,6 @@ class PipelineBody(ResponseBody):
             if stalled is None:
                 raise
             log.info("stream closed: %s", stalled)
-            self.stalled = True
             if self.on_stall is not None:
                 self.on_stall()  # the connection handler bounds the response's last write
             return True

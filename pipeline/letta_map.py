@@ -126,16 +126,15 @@ class LettaMapper:
             self.position = here
         if first and (not events or not isinstance(events[0], Keepalive)):
             events.insert(0, Keepalive())
-        # only once the chunk's last event is out are all of its events out
-        last = len(events) - 1
-        return [
-            e
-            if isinstance(e, Keepalive) and not (first and i == 0)
-            else attrs.evolve(e, cursor=here or before)
-            if i == last
-            else attrs.evolve(e, cursor=before)
-            for i, e in enumerate(events)
-        ]
+        placed: list[Event] = []
+        for i, event in enumerate(events):
+            if isinstance(event, Keepalive) and not (first and i == 0):
+                placed.append(event)  # a ping marks no position (Letta's repeat the last seq)
+            elif i == len(events) - 1:  # only once a chunk's last event is out are all of its events out
+                placed.append(attrs.evolve(event, cursor=here or before))
+            else:
+                placed.append(attrs.evolve(event, cursor=before))
+        return placed
 
     def _map(self, chunk: object) -> list[Event]:
         out: list[Event] = []

@@ -102,6 +102,8 @@ async def chat_stream() -> Response:
         turn = await (open_turn(svc, body) if position is None else reopen_turn(svc, body.agent_id, position))
     except BaseException:
         svc.guard.release(body.agent_id)
+        if position is not None and svc.canceller is not None:  # nobody can read that turn now: stop it
+            svc.canceller.submit(body.agent_id, position.run_id)
         raise
     return _stream(svc, body, turn, position)
 

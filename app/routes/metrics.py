@@ -12,11 +12,5 @@ blueprint = Blueprint("metrics", __name__)
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     svc = services()
-    text = svc.metrics.render()
-    if svc.detached is not None:
-        text += (
-            "# HELP letta_stream_detached_turns Turns whose client went away, waiting for it to resume.\n"
-            "# TYPE letta_stream_detached_turns gauge\n"
-            f"letta_stream_detached_turns {len(svc.detached)}\n"
-        )
+    text = svc.metrics.render(detached_turns=len(svc.detached) if svc.detached is not None else 0)
     return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -60,16 +61,24 @@ class Reader:
         return "".join(e.content for e in self.events if isinstance(e, Text))
 
 
-async def drop_mid_answer(app: Quart, agent_id: str, min_chars: int = 4, *, with_id: bool = True) -> Reader:
-    """Stream until some answer text arrived, then drop the connection; wait until the service noticed."""
+@asynccontextmanager
+async def streaming(app: Quart, agent_id: str, min_chars: int, *, with_id: bool = True) -> AsyncIterator[Any]:
+    """An open ``/chat/stream`` connection, read until some answer text (and an id) arrived; yields it and
+    what it read so far."""
     reader = Reader()
     body = json.dumps({"agent_id": agent_id, "message": "hi", "user_id": "ada"}).encode()
     async with app.test_client().request("/chat/stream", method="POST") as connection:
         await connection.send(body)
         await connection.send_complete()
         with anyio.fail_after(5):
-            while (with_id and not reader.last_id) or len(reader.text) < min_chars:  # read, then drop
+            while (with_id and not reader.last_id) or len(reader.text) < min_chars:
                 reader.feed(await connection.receive())
+        yield connection, reader
+
+
+async def drop_mid_answer(app: Quart, agent_id: str, min_chars: int = 4, *, with_id: bool = True) -> Reader:
+    """Stream until some answer text arrived, then drop the connection; wait until the service noticed."""
+    async with streaming(app, agent_id, min_chars, with_id=with_id) as (connection, reader):
         await connection.disconnect()
     await until(lambda: not svc(app).metrics.active)
     return reader
@@ -278,14 +287,7 @@ async def test_a_turn_that_cannot_be_read_again_is_410_and_frees_the_agent(letta
 
 async def test_a_resume_that_beats_the_old_stream_noticing_the_drop_waits_for_it(app: Quart, letta: Any) -> None:
     agent_id = await new_agent(app)
-    first = Reader()
-    body = json.dumps({"agent_id": agent_id, "message": "hi", "user_id": "ada"}).encode()
-    async with app.test_client().request("/chat/stream", method="POST") as connection:
-        await connection.send(body)
-        await connection.send_complete()
-        with anyio.fail_after(5):
-            while len(first.text) < 4:
-                first.feed(await connection.receive())
+    async with streaming(app, agent_id, 4) as (connection, first):
         assert svc(app).metrics.active == 1  # the old stream is still attached (held mid-answer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(connection.disconnect)  # the drop reaches the service while the resume comes in
@@ -294,3 +296,14 @@ async def test_a_resume_that_beats_the_old_stream_noticing_the_drop_waits_for_it
     detached = svc(app).detached
     assert detached is not None
     assert detached.adopted_total == 1  # taken over from the old stream, not refused as busy
+
+
+async def test_a_held_turn_letta_refuses_to_read_again_is_410_and_frees_the_agent(app: Quart, letta: Any) -> None:
+    agent_id = await new_agent(app)
+    first = await drop_mid_answer(app, agent_id)
+    for run in letta.store.runs.values():
+        run.background = False  # Letta answers the reopen with 400
+    status, _, body = await resume(app, agent_id, first.last_id)
+    assert (status, body["error"]) == (410, "not_resumable")
+    assert not svc(app).guard.busy(agent_id)
+    await until(lambda: letta.agents.messages.cancelled == [agent_id])  # taken over, unreadable: not left running
