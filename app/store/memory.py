@@ -1,0 +1,167 @@
+"""The turn store in this process: one worker, tests, a service without Redis.
+
+The same contract as :mod:`app.store.redis` (one test suite runs against both), with
+anyio primitives only, so it works under asyncio and trio.  Expiry is checked when a
+key is touched and on :meth:`MemoryStore.due`/:meth:`MemoryStore.next_due`, so
+nothing outlives its time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+import attrs
+
+from ..turn_machine import Input, Transition, TurnRecord, step
+from .protocol import LockTimeout, LogConflict, LogFrame, LogGone, LogMeta
+
+
+@attrs.define
+class _Log:
+    meta: LogMeta
+    expires: float
+    frames: deque[LogFrame]
+    trimmed_to: int = 0
+    """The highest seq no longer kept (0: nothing trimmed)."""
+    changed: anyio.Event = attrs.field(factory=anyio.Event)
+
+
+@attrs.define
+class _Lock:
+    lock: anyio.Lock = attrs.field(factory=anyio.Lock)
+
+
+@attrs.define
+class MemoryStore:
+    """Everything in dictionaries of this process.  ``clock`` is the wall clock unless given (tests)."""
+
+    max_frames: int = 10_000
+    clock_fn: Callable[[], float] = time.time
+    _records: dict[str, tuple[TurnRecord, float, float]] = attrs.field(factory=dict, init=False)
+    """agent id → (record, check at, expires at)."""
+    _logs: dict[str, _Log] = attrs.field(factory=dict, init=False)
+    _locks: dict[str, _Lock] = attrs.field(factory=dict, init=False)
+
+    async def clock(self) -> float:
+        return self.clock_fn()
+
+    def _current(self, agent_id: str, now: float) -> TurnRecord | None:
+        entry = self._records.get(agent_id)
+        if entry is None:
+            return None
+        if now >= entry[2]:
+            del self._records[agent_id]
+            return None
+        return entry[0]
+
+    async def apply(self, agent_id: str, event: Input, *, grace: float) -> Transition:
+        now = self.clock_fn()
+        transition = step(self._current(agent_id, now), event, agent_id, now)
+        new = transition.record
+        if new is None:
+            self._records.pop(agent_id, None)
+        else:
+            self._records[agent_id] = (new, new.check_at(grace), new.expires_at(grace))
+        await anyio.lowlevel.checkpoint()
+        return transition
+
+    async def record(self, agent_id: str) -> TurnRecord | None:
+        await anyio.lowlevel.checkpoint()
+        return self._current(agent_id, self.clock_fn())
+
+    async def due(self, now: float, limit: int = 100) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        self._purge(self.clock_fn())
+        found = sorted((check, agent) for agent, (_, check, _) in self._records.items() if check <= now)
+        return [agent for _, agent in found[:limit]]
+
+    async def next_due(self) -> float | None:
+        await anyio.lowlevel.checkpoint()
+        self._purge(self.clock_fn())
+        return min((check for _, check, _ in self._records.values()), default=None)
+
+    def _purge(self, now: float) -> None:
+        for agent in [a for a, (_, _, expires) in self._records.items() if now >= expires]:
+            del self._records[agent]
+        for turn in [t for t, log in self._logs.items() if now >= log.expires]:
+            self._logs.pop(turn).changed.set()
+
+    def _log(self, turn_id: str) -> _Log | None:
+        log = self._logs.get(turn_id)
+        if log is not None and self.clock_fn() >= log.expires:
+            del self._logs[turn_id]
+            log.changed.set()
+            return None
+        return log
+
+    async def log_open(self, meta: LogMeta, ttl: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._log(meta.turn_id) is None:
+            self._logs[meta.turn_id] = _Log(meta, self.clock_fn() + ttl, deque())
+
+    async def log_meta(self, turn_id: str) -> LogMeta | None:
+        await anyio.lowlevel.checkpoint()
+        log = self._log(turn_id)
+        return None if log is None else log.meta
+
+    async def log_append(self, turn_id: str, frames: Sequence[LogFrame]) -> None:
+        await anyio.lowlevel.checkpoint()
+        log = self._log(turn_id)
+        if log is None:
+            raise LogGone(f"no log for turn {turn_id}")
+        last = log.frames[-1].seq if log.frames else log.trimmed_to
+        for frame in frames:
+            if frame.seq <= last:
+                raise LogConflict(f"frame {frame.seq} of turn {turn_id} is not after {last}")
+            last = frame.seq
+        for frame in frames:
+            log.frames.append(frame)
+            if len(log.frames) > self.max_frames:
+                log.trimmed_to = log.frames.popleft().seq
+        if frames:
+            log.changed.set()
+            log.changed = anyio.Event()
+
+    async def log_read(self, turn_id: str, after: int, *, wait: float = 0.0, limit: int = 1000) -> list[LogFrame]:
+        log = self._log(turn_id)
+        if log is None:
+            raise LogGone(f"no log for turn {turn_id}")
+        if after < log.trimmed_to:
+            raise LogGone(f"frames after {after} of turn {turn_id} are no longer kept")
+        found = [f for f in log.frames if f.seq > after][:limit]
+        if found or wait <= 0:
+            await anyio.lowlevel.checkpoint()
+            return found
+        with anyio.move_on_after(wait):
+            await log.changed.wait()
+        return await self.log_read(turn_id, after, limit=limit)
+
+    async def log_close(self, turn_id: str, keep: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        log = self._log(turn_id)
+        if log is not None:
+            log.expires = self.clock_fn() + keep
+
+    @asynccontextmanager
+    async def lock(self, name: str, *, ttl: float, wait: float) -> AsyncIterator[None]:
+        # ``ttl`` bounds a holder that dies; in one process a dead holder takes the lock with it
+        entry = self._locks.setdefault(name, _Lock())
+        acquired = False
+        with anyio.move_on_after(wait):
+            await entry.lock.acquire()
+            acquired = True
+        if not acquired:
+            raise LockTimeout(f"lock {name!r} not acquired within {wait} s")
+        try:
+            yield
+        finally:
+            entry.lock.release()
+            if not entry.lock.statistics().tasks_waiting:
+                self._locks.pop(name, None)
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
