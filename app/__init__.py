@@ -36,5 +36,19 @@ class ServiceEntry:
                 return
         await self._app(scope, receive, send)
 
+    async def drain(self) -> None:
+        """The server is about to stop: end open streams resumably and hand their turns off.
+
+        Called by the launcher (:mod:`app.launch`) in each worker when a stop signal
+        arrives, before hypercorn closes connections; returns once the streams ended
+        (bounded).  Safe to call more than once, and before the app was built.
+        """
+        if self._app is not None:
+            from .services import EXTENSION
+
+            svc = self._app.extensions[EXTENSION]
+            if svc.draining is not None:
+                svc.draining.set()
+
 
 app = ServiceEntry()
