@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import attrs
@@ -22,6 +23,12 @@ from letta_client import AsyncLetta, omit
 from pipeline.letta_turn import LettaTurn
 
 log = logging.getLogger(__name__)
+
+
+class CancelCounts(Protocol):
+    """Where the queue's results are counted too (:class:`app.metrics.StreamMetrics`)."""
+
+    def cancel(self, result: str) -> None: ...
 
 
 @attrs.frozen
@@ -36,11 +43,16 @@ def _stream() -> tuple[MemoryObjectSendStream[RunRef], MemoryObjectReceiveStream
 
 @attrs.define
 class RunCanceller:
-    """``submit`` runs to cancel; ``run`` (one task for the app's lifetime) sends the cancels."""
+    """``submit`` runs to cancel; ``run`` (one task for the app's lifetime) sends the cancels.
+
+    ``sent``/``failed``/``dropped`` count this queue's results; ``metrics``, when given,
+    counts each result too (``metrics.cancel("sent")``).
+    """
 
     client: AsyncLetta
     workers: int = 16
     request_timeout: float = 10.0
+    metrics: CancelCounts | None = None
     sent: int = 0
     failed: int = 0
     dropped: int = 0
@@ -54,6 +66,7 @@ class RunCanceller:
             self._queue[0].send_nowait(RunRef(agent_id, run_id))
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.dropped += 1
+            self._count("dropped")
             log.warning("cancel of Letta run %s not queued (queue full or closed)", run_id)
 
     async def abandon(self, turn: LettaTurn) -> None:
@@ -78,6 +91,12 @@ class RunCanceller:
                     timeout=self.request_timeout,
                 )
                 self.sent += 1
+                self._count("sent")
             except Exception as exc:  # one failed cancel must not stop the others
                 self.failed += 1
+                self._count("failed")
                 log.warning("cancelling Letta run %s failed: %r", ref.run_id, exc)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cancel(result)

@@ -1,4 +1,4 @@
-"""``GET /metrics``: stream counters in Prometheus' text format."""
+"""``GET /metrics``: the service's metrics in Prometheus' text format (every worker's, summed)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,5 @@ blueprint = Blueprint("metrics", __name__)
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    svc = services()
-    text = svc.metrics.render(detached_turns=len(svc.detached) if svc.detached is not None else 0)
-    return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4"})
+    body, content_type = services().metrics.render()
+    return Response(body, 200, {"Content-Type": content_type})

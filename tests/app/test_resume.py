@@ -138,7 +138,7 @@ async def test_a_dropped_stream_resumes_with_no_text_repeated_or_lost(app: Quart
     assert len(letta.agents.messages.streams) == 1  # the message was sent to the agent once
     assert not svc(app).guard.busy(agent_id)
     assert letta.agents.messages.cancelled == []
-    assert "letta_stream_streams_resumed_total 1" in await (await app.test_client().get("/metrics")).get_data(
+    assert "letta_stream_streams_resumed_total 1.0" in await (await app.test_client().get("/metrics")).get_data(
         as_text=True
     )
 

@@ -58,10 +58,10 @@ async def test_metrics_count_streams_and_time_to_first_event(app: Quart) -> None
     response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "hi"})
     await response.get_data()
     text = await (await app.test_client().get("/metrics")).get_data(as_text=True)
-    assert "letta_stream_active_streams 0" in text
-    assert "letta_stream_streams_started_total 1" in text
-    assert 'letta_stream_streams_ended_total{outcome="finished"} 1' in text
-    assert "letta_stream_time_to_first_event_seconds_count 1" in text
+    assert "letta_stream_active_streams 0.0" in text
+    assert "letta_stream_streams_started_total 1.0" in text
+    assert 'letta_stream_streams_ended_total{outcome="finished"} 1.0' in text
+    assert "letta_stream_time_to_first_event_seconds_count 1.0" in text
 
 
 async def test_request_id_is_echoed_or_made_up(app: Quart) -> None:
