@@ -3,23 +3,31 @@
 Letta is the source of truth: each agent we create carries the tags
 ``letta-stream``, ``user:<user_id>`` and ``agent_type:<type>``.  The registry keeps
 an in-memory index of them, rebuilt from Letta at startup and consulted on a miss.
-Creation holds a lock per (user, type), so two concurrent requests for the same
-student create one agent (within this process; run one worker, or put the lock
-in a shared store, before running several).
+Creation holds a lock per (user, type) in the turn store (:meth:`app.store.TurnStore.lock`:
+Redis when replicas share one), so concurrent requests for the same student — through
+any worker or replica — create one agent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
-import anyio
 import attrs
 from letta_client import AsyncLetta, NotFoundError
 
 from .bodies import AgentInfo
-from .errors import InvalidRequest
-from .templates import TEMPLATES
+from .errors import InvalidRequest, UpstreamUnavailable
+from .store import LockTimeout
+from .store.memory import MemoryStore
+from .templates import TEMPLATES, AgentTemplate
+
+Lock = Callable[..., AbstractAsyncContextManager[None]]
+"""``lock(name, ttl=..., wait=...)``: a store's lock (:meth:`app.store.TurnStore.lock`)."""
+
+CREATE_LOCK_SECONDS: Final = 60.0
+"""The longest a creation may hold its lock (a holder that dies frees it then)."""
 
 SERVICE_TAG: Final = "letta-stream"
 
@@ -56,9 +64,9 @@ class AgentRegistry:
     client: AsyncLetta
     model: str
     embedding: str
+    lock: Lock = attrs.Factory(lambda: MemoryStore().lock)
     _by_key: dict[tuple[str, str], AgentInfo] = attrs.field(factory=dict, init=False)
     _by_id: dict[str, AgentInfo] = attrs.field(factory=dict, init=False)
-    _locks: dict[tuple[str, str], anyio.Lock] = attrs.field(factory=dict, init=False)
 
     async def rebuild(self) -> int:
         """Reload the index from Letta; the number of agents found."""
@@ -79,26 +87,38 @@ class AgentRegistry:
             known = ", ".join(sorted(TEMPLATES))
             raise InvalidRequest(f"unknown agent_type {agent_type!r} (known: {known})", field="agent_type")
         key = (user_id, agent_type)
-        async with self._locks.setdefault(key, anyio.Lock()):
-            found = self._by_key.get(key) or await self._find(user_id, agent_type)
-            if found is not None:
-                return found, False
-            agent = await self.client.agents.create(
-                name=f"{agent_type}-{user_id}"[:100],
-                agent_type=template.letta_agent_type,
-                model=self.model,
-                embedding=self.embedding,
-                memory_blocks=[
-                    {"label": "persona", "value": template.persona},
-                    {"label": "human", "value": template.human_block(user_name)},
-                ],
-                tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
-                metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
-            )
-            info = agent_info(agent)
-            assert info is not None, "an agent created with our tags is ours"
-            self._remember(info)
-            return info, True
+        found = self._by_key.get(key)
+        if found is not None:
+            return found, False
+        try:
+            async with self.lock(f"create:{user_id}:{agent_type}", ttl=CREATE_LOCK_SECONDS, wait=CREATE_LOCK_SECONDS):
+                return await self._find_or_create(user_id, agent_type, template, user_name)
+        except LockTimeout as exc:
+            raise UpstreamUnavailable("the student's agent is still being created; try again") from exc
+
+    async def _find_or_create(
+        self, user_id: str, agent_type: str, template: AgentTemplate, user_name: str | None
+    ) -> tuple[AgentInfo, bool]:
+        """Under the creation lock: another worker or replica may have created it meanwhile (Letta knows)."""
+        found = await self._find(user_id, agent_type)
+        if found is not None:
+            return found, False
+        agent = await self.client.agents.create(
+            name=f"{agent_type}-{user_id}"[:100],
+            agent_type=template.letta_agent_type,
+            model=self.model,
+            embedding=self.embedding,
+            memory_blocks=[
+                {"label": "persona", "value": template.persona},
+                {"label": "human", "value": template.human_block(user_name)},
+            ],
+            tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
+            metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
+        )
+        info = agent_info(agent)
+        assert info is not None, "an agent created with our tags is ours"
+        self._remember(info)
+        return info, True
 
     async def list_for_user(self, user_id: str) -> list[AgentInfo]:
         """The student's agents, as Letta has them now."""

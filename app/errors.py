@@ -56,3 +56,12 @@ class NotResumable(ApiError):
 
     status = 410
     code = "not_resumable"
+
+
+class TurnInProgress(ApiError):
+    """The agent is answering another message.  Letta interleaves concurrent messages to one
+    agent, so a second one is refused rather than queued: the student sees "still answering"
+    at once, and nothing waits on a turn it may never get."""
+
+    status = 409
+    code = "turn_in_progress"

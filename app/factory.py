@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import anyio
@@ -16,38 +15,67 @@ from .agents import AgentRegistry
 from .auth import install_auth
 from .cancels import RunCanceller
 from .connection import StreamingConnection
-from .detached import DetachedTurns
 from .errors import ApiError
+from .metrics import StreamMetrics
 from .request_ids import install_request_ids
 from .routes import agents, chat, health, metrics
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
-from .shutdown import drain_before_server_signals
+from .store import TurnStore
+from .store.memory import MemoryStore
+from .turn_host import TurnHost
 from .upstream import LettaClients, make_clients
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, client: AsyncLetta | None = None) -> Quart:
-    """The service.  ``client`` replaces the Letta client (tests); otherwise one is made from settings."""
+def make_store(settings: Settings) -> TurnStore:
+    """The shared turn store: Redis when ``REDIS_URL`` is set, else this process's memory."""
+    if settings.redis_url:
+        from .store.redis import RedisStore
+
+        log.info("turn state shared through Redis at %s", _without_password(settings.redis_url))
+        return RedisStore.from_url(settings.redis_url)
+    log.info("turn state in this process only (REDIS_URL is not set): run one worker and one replica")
+    return MemoryStore()
+
+
+def _without_password(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    return f"{head.split('//')[0]}//…@{tail}" if at else url
+
+
+def create_app(
+    settings: Settings | None = None, client: AsyncLetta | None = None, store: TurnStore | None = None
+) -> Quart:
+    """The service.  ``client`` replaces the Letta client and ``store`` the turn store (tests)."""
     settings = settings if settings is not None else settings_from_env()
     app = Quart(__name__, static_folder=None)
     app.asgi_http_class = StreamingConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     clients = make_clients(settings) if client is None else LettaClients.single(client)
-    registry = AgentRegistry(clients.crud, settings.model, settings.embedding)
-    canceller = RunCanceller(clients.control)
+    turn_store = store if store is not None else make_store(settings)
+    metrics_ = StreamMetrics()
+    canceller = RunCanceller(clients.control, metrics=metrics_)
+    host = TurnHost(
+        turn_store,
+        canceller,
+        grace=settings.resume_grace,
+        lease=settings.turn_lease,
+        drain_seconds=settings.drain_seconds,
+    )
     svc = Services(
         settings,
         clients.crud,
-        registry,
+        AgentRegistry(clients.crud, settings.model, settings.embedding, lock=turn_store.lock),
         control=clients.control,
         streams=clients.streams,
         canceller=canceller,
-        resume=settings.resume,
+        host=host,
+        metrics=metrics_,
     )
-    detached = svc.detached = DetachedTurns(svc.guard, canceller, settings.resume_grace)
-    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 15  # time to send the cancels of streams cut at shutdown
+    # turns still running at shutdown get ``drain_seconds`` to end before they are handed off
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.drain_seconds + 5
     app.extensions[EXTENSION] = svc
     for module in (health, metrics, agents, chat):
         app.register_blueprint(module.blueprint)
@@ -55,27 +83,11 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
     install_auth(app, settings.service_token)
 
     @app.before_serving
-    async def prepare_draining() -> None:
-        draining = svc.draining = anyio.Event()
-        drain_before_server_signals(draining.set)
-
-    @app.before_serving
-    async def start_canceller() -> None:
+    async def start_background() -> None:
         shutdown = cast(asyncio.Event, app.shutdown_event)  # Quart types it as a Protocol without wait()
+        svc.draining = anyio.Event()  # made on the serving loop
         app.add_background_task(canceller.run, shutdown.wait)
-
-    @app.before_serving
-    async def start_detached_turns() -> None:
-        shutdown = cast(asyncio.Event, app.shutdown_event)
-        draining = svc.draining
-        assert draining is not None
-
-        async def stopping() -> None:  # whichever comes first: a drain (SIGTERM) or the shutdown
-            async with anyio.create_task_group() as tg:
-                for wait in (draining.wait, shutdown.wait):
-                    tg.start_soon(_then_cancel, wait, tg.cancel_scope)
-
-        app.add_background_task(detached.run, stopping)
+        app.add_background_task(host.run, shutdown.wait)
 
     @app.before_serving
     async def load_agents() -> None:
@@ -86,10 +98,12 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
             log.warning("could not rebuild the agent index from Letta: %r", exc)
 
     @app.after_serving
-    async def close_client() -> None:
+    async def close_clients() -> None:
         if client is None:  # ours to close; a given client belongs to the caller
             for owned in clients.owned():
                 await owned.close()
+        if store is None:
+            await turn_store.aclose()
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -107,8 +121,3 @@ def create_app(settings: Settings | None = None, client: AsyncLetta | None = Non
         return {"error": "internal_error", "message": "the service failed; see its log"}, 500
 
     return app
-
-
-async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
-    await wait()
-    scope.cancel()

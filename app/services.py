@@ -13,36 +13,32 @@ from quart import current_app, request
 from .agents import AgentRegistry
 from .bodies import parse_body
 from .cancels import RunCanceller
-from .detached import DetachedTurns
 from .errors import InvalidRequest
 from .metrics import StreamMetrics
 from .settings import Settings
-from .turns import TurnGuard
+from .turn_host import TurnHost
 
 T = TypeVar("T")
 
 EXTENSION = "letta_stream"
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Services:
     settings: Settings
     client: AsyncLetta
     registry: AgentRegistry
-    control: AsyncLetta | None = None
-    """A small separate client for cancels and health checks (defaults to ``client``)."""
-    streams: list[AsyncLetta] = attrs.Factory(list)
-    """Clients whose pools carry the open streams (defaults to ``[client]``), used in turn."""
-    guard: TurnGuard = attrs.Factory(TurnGuard)
-    metrics: StreamMetrics = attrs.Factory(StreamMetrics)
-    canceller: RunCanceller | None = None
-    """Where abandoned runs are queued for cancelling (set by the app; ``None`` cancels inline)."""
-    draining: anyio.Event | None = None
-    """Set when the server is stopping: open streams end, new ones are refused (made at startup)."""
-    detached: DetachedTurns | None = None
-    """Turns waiting for their client to resume (set by the app; ``None``: no waiting)."""
-    resume: bool = True
-    """Start turns in Letta's background mode (turned off for good when Letta has no Redis)."""
+    control: AsyncLetta
+    """A small separate client for cancels, health checks and takeovers."""
+    streams: list[AsyncLetta]
+    """Clients whose pools carry the open streams, used in turn."""
+    canceller: RunCanceller
+    """Where runs to stop are queued for cancelling."""
+    host: TurnHost
+    """This process's turns and the shared turn state (:mod:`app.turn_host`)."""
+    metrics: StreamMetrics
+    draining: anyio.Event = attrs.Factory(anyio.Event)
+    """Set when the server is stopping: open streams end (resumably), new ones are refused."""
     _next: int = 0
 
     def stream_client(self) -> AsyncLetta:

@@ -42,10 +42,18 @@ class Settings:
     """Connections of the separate client that cancels runs and answers health checks."""
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
     resume: bool = _env("STREAM_RESUME", True)
-    """Start turns in Letta's background mode so a dropped stream can resume (Letta needs Redis;
-    without it the service notices the 503 once and streams without resume)."""
+    """Keep each turn's frames in its log so a dropped stream can resume (off: no log, and a
+    client that leaves has its run cancelled at once)."""
     resume_grace: float = _env("STREAM_RESUME_GRACE_SECONDS", 30.0)
     """How long a turn whose client went away keeps running, waiting for it to resume."""
+    redis_url: str | None = _env("REDIS_URL", None)
+    """Where turn state is shared by workers and replicas; unset: in this process only."""
+    turn_lease: float = _env("TURN_LEASE_SECONDS", 10.0)
+    """How long a process may be silent before its turns count as orphaned (taken over by a resume)."""
+    log_keep: float = _env("TURN_LOG_KEEP_SECONDS", 600.0)
+    """How long a turn's log is kept after the turn ended (a late resume replays it)."""
+    drain_seconds: float = _env("DRAIN_SECONDS", 8.0)
+    """On shutdown, how long turns still running here may take before they are handed off."""
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)
     service_token: str | None = _env("SERVICE_TOKEN", None)

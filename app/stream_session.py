@@ -1,130 +1,204 @@
-"""Everything one ``/chat/stream`` request owns besides its pipeline, and its end of life.
+"""One ``/chat/stream`` connection: a client reading a turn (its *reader*), and its end of life.
 
-A session is created once the Letta turn is open and the agent claimed.  It sees
-every event (through the pipeline's tap stage) to time the first one and to notice
-an error, and its :meth:`StreamSession.finalize` — run exactly once by the response
-body — releases the agent, counts the outcome, logs one line, and, if the pipeline
-never started, closes the turn and gives it up.
+A session is the client's side of a turn, never the turn itself: the turn runs in its
+runner (:mod:`app.turn_runner`), which outlives the connection.  A session reads the
+turn's frames either *live* from the runner of this process (no store round trip on
+the hot path) or from the turn's *log* (a resume, on any replica), and ends when the
+terminal frame went out, when the client leaves, or when the service drains.
 
-Giving a turn up (:meth:`StreamSession.abandon`, also the pipeline's hook) means
-cancelling its run — unless the turn is resumable and its client merely went away:
-then it is detached (:mod:`app.detached`) and the agent stays claimed until the
-client resumes or the grace period ends.
+* The first frame goes out at once: ``retry:`` and, for a new turn, the id
+  ``<turn id>:0`` — so even a stream dropped before any answer can resume.
+* Following the log, it watches the turn's record: when the owner's lease ran out
+  (its process died), it adopts the turn again, which makes this process take it
+  over; when another connection adopted the turn, it ends.
+* :meth:`StreamSession.finalize` runs exactly once (the response body calls it): a
+  client that left before the terminal frame *detaches* (the turn waits ``grace``
+  seconds for a resume, or is cancelled at once when resume is off); then the
+  session counts its outcome and logs one line.
+* When the service drains, the stream ends without a terminal event (a comment says
+  why): the client resumes through another replica.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from typing import Final
 
 import anyio
 import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
+from letta_client import AsyncLetta
 
 from pipeline.errors import ConsumerStalled
-from pipeline.events import Done, Error, Keepalive
-from pipeline.letta_turn import Abandon, LettaTurn
+from pipeline.events import Error
+from pipeline.source import read_source
+from pipeline.sse import SSEEncoder
+from pipeline.streams import Send
 
-from .detached import DetachedTurns
+from .frame_ids import FrameId
 from .metrics import StreamMetrics
-from .turns import TurnGuard
+from .store import LogFrame, LogGone
+from .turn_host import TurnHost
+from .turn_machine import Adopt, Detach, TakeOver
+from .turn_takeover import TakeOver as TakeOverTurn
 
 log = logging.getLogger("letta_stream.stream")
 
+RETRY_MS: Final = 3000
+RESTARTING: Final = b": the service is restarting; reconnect with Last-Event-ID to continue\n\n"
+FOLLOW_WAIT: Final = 1.0
+"""How long a log read waits before the session checks that the turn is still served."""
 
-@attrs.define
+
+@attrs.define(eq=False)
 class StreamSession:
     request_id: str
     agent_id: str
-    turn: LettaTurn
-    guard: TurnGuard
+    turn_id: str
+    reader: str
+    host: TurnHost
     metrics: StreamMetrics
-    cancel_timeout: float = 5.0
-    cancel: Abandon | None = None
-    """How to cancel the run (e.g. through the cancel queue); default: at once, inline."""
-    detached: DetachedTurns | None = None
-    """Where a resumable turn waits for its client; ``None``: never wait."""
+    grace: float
+    """How long the turn waits for this client to come back (0: cancel it when the client leaves)."""
+    control: AsyncLetta | None = None
+    """The client a takeover reads Letta's run with."""
+    letta_timeout: float = 300.0
     draining: anyio.Event | None = None
     resumed: bool = False
     started: float = attrs.field(factory=time.monotonic)
     first_event: float | None = None
-    events: int = 0
-    error_code: str | None = None
+    frames: int = 0
     ended: bool = False
-    """A terminal event went out: the client has nothing to resume."""
-    held: bool = False
-    """The turn was detached: the agent stays claimed by :attr:`detached`."""
+    """The terminal frame went out: the client has nothing to resume."""
+    error_code: str | None = None
+    _live: MemoryObjectReceiveStream[LogFrame] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.metrics.start()
         log.info(
-            "stream %s request_id=%s agent_id=%s run_id=%s",
+            "stream %s request_id=%s agent_id=%s turn_id=%s",
             "resume" if self.resumed else "start",
             self.request_id,
             self.agent_id,
-            self.turn.run_id,
+            self.turn_id,
         )
 
-    def observe(self, event: object) -> None:
-        """Called for every event on its way out (the pipeline's tap stage)."""
-        if isinstance(event, Keepalive):
-            return
-        self.events += 1
+    # ------------------------------------------------------------ sources
+
+    async def source(self, frames: AsyncIterator[bytes], send: Send) -> None:
+        """The body's source stage: ``frames`` until they end, the service drains, or another reader adopts."""
+        async with self.host.reading(self.reader):
+            await read_source(frames, send, stop=self.draining, on_stop=lambda: RESTARTING)
+
+    def _opening(self) -> bytes:
+        head = b"retry: %d\n" % RETRY_MS
+        if not self.resumed:
+            head += f"id: {FrameId(self.turn_id, 0)}\n".encode()
+        return head + b": keepalive\n\n"
+
+    def _note(self, frame: LogFrame) -> None:
+        self.frames += 1
         if self.first_event is None:
             self.first_event = time.monotonic()
-            self.metrics.ttfe.observe(self.first_event - self.started)
-        if isinstance(event, Error):
-            self.error_code = event.code
-        if isinstance(event, (Done, Error)):
+            self.metrics.first_event(self.first_event - self.started)
+        if frame.last:
             self.ended = True
+            if b"event: error" in frame.data[:200]:
+                self.error_code = "error"
 
-    async def abandon(self, turn: LettaTurn) -> None:
-        """Give up a turn nobody reads to its end: detach it if its client may come back, else cancel it."""
-        stopping = self.draining is not None and self.draining.is_set()
-        if (
-            self.detached is not None
-            and turn.background
-            and turn.run_id is not None
-            and not self.ended
-            and not stopping
-            and self.detached.hold(turn.agent_id, turn.run_id)
-        ):
-            self.held = True
-            return
-        await (self.cancel or _cancel_now)(turn)
+    def attach_live(self, recv: MemoryObjectReceiveStream[LogFrame]) -> None:
+        """Read the runner's frames from ``recv`` (owned now: closed by :meth:`finalize` at the latest)."""
+        self._live = recv
+
+    async def live(self) -> AsyncIterator[bytes]:
+        """The runner's frames as it makes them.  Ends early (no terminal) if the runner was handed off."""
+        assert self._live is not None, "attach_live() first"
+        recv = self._live
+        yield self._opening()
+        with recv:
+            async for frame in recv:
+                self._note(frame)
+                yield frame.data
+                if frame.last:
+                    return
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """The turn's log after frame ``after``, then live from the log until the terminal frame."""
+        yield self._opening()
+        store = self.host.store
+        while True:
+            try:
+                batch = await store.log_read(self.turn_id, after, wait=FOLLOW_WAIT)
+            except LogGone:
+                yield self._error("This answer can no longer be resumed; please send your message again.")
+                return
+            for frame in batch:
+                after = frame.seq
+                self._note(frame)
+                yield frame.data
+                if frame.last:
+                    return
+            if batch or await self._still_served(after):
+                continue
+            if not await store.log_read(self.turn_id, after):  # over, and nothing more was logged
+                yield self._error("The answer was interrupted; please send your message again.")
+                return
+
+    async def _still_served(self, after: int) -> bool:
+        """Whether frames may still come: the turn is live, or this process just took it over."""
+        store = self.host.store
+        record = await store.record(self.agent_id)
+        if record is None or record.turn_id != self.turn_id:
+            return False  # over: its last frames are in the log already
+        if record.owned(await store.clock()):
+            return True
+        transition = await self.host.apply(
+            self.agent_id, Adopt(self.turn_id, self.reader, self.host.owner, self.host.lease)
+        )
+        takeover = transition.first(TakeOver)
+        if isinstance(takeover, TakeOver):
+            self.start_takeover(takeover.run_id)
+        return True
+
+    def start_takeover(self, run_id: str | None) -> None:
+        """This process now owns the turn: finish it from Letta's record of the run."""
+        assert self.control is not None, "a takeover needs a Letta client"
+        work = TakeOverTurn(
+            self.host, self.host.store, self.control, self.agent_id, self.turn_id, run_id, wait_limit=self.letta_timeout
+        )
+        self.host.start(self.agent_id, self.turn_id, work.run)
+
+    def _error(self, message: str) -> bytes:
+        self.ended = True
+        self.error_code = "incomplete"
+        return SSEEncoder(retry_ms=None).encode(Error(message, "incomplete"))
+
+    # ------------------------------------------------------------ end of life
 
     async def finalize(self, entered: bool, error: BaseException | None) -> None:
-        """The body is done: release the agent, count, log; clean up a turn that never streamed."""
-        try:
-            if not entered:
-                with anyio.move_on_after(self.cancel_timeout):
-                    await self.abandon(self.turn)
-                    await self.turn.aclose()
-        finally:
-            if not self.held:
-                self.guard.release(self.agent_id)
-                if self.detached is not None:
-                    self.detached.forget_stop(self.agent_id)
-            outcome = self._outcome(entered, error)
-            self.metrics.end(outcome)
-            log.info(
-                "stream end request_id=%s agent_id=%s run_id=%s outcome=%s detached=%s events=%d ttfe_ms=%s error=%s",
-                self.request_id,
-                self.agent_id,
-                self.turn.run_id,
-                outcome,
-                self.held,
-                self.events,
-                None if self.first_event is None else round((self.first_event - self.started) * 1000, 1),
-                self.error_code or (type(error).__name__ if error is not None else None),
-            )
+        """The body is done: detach from an unfinished turn, count, log.  Runs once, shielded."""
+        if self._live is not None:
+            self._live.close()  # a runner handing frames to a client that never came stops waiting
+        if not self.ended:
+            await self.host.apply_shielded(self.agent_id, Detach(self.turn_id, self.reader, self.grace))
+        outcome = self._outcome(entered, error)
+        self.metrics.end(outcome)
+        log.info(
+            "stream end request_id=%s agent_id=%s turn_id=%s outcome=%s frames=%d ttfe_ms=%s error=%s",
+            self.request_id,
+            self.agent_id,
+            self.turn_id,
+            outcome,
+            self.frames,
+            None if self.first_event is None else round((self.first_event - self.started) * 1000, 1),
+            self.error_code or (type(error).__name__ if error is not None else None),
+        )
 
     def _outcome(self, entered: bool, error: BaseException | None) -> str:
-        if not entered or isinstance(error, (anyio.get_cancelled_exc_class(), ConsumerStalled)):
+        if not entered or not self.ended or isinstance(error, (anyio.get_cancelled_exc_class(), ConsumerStalled)):
             return "cancelled"
         if error is not None or self.error_code is not None:
             return "errored"
         return "finished"
-
-
-async def _cancel_now(turn: LettaTurn) -> None:
-    await turn.cancel_run()

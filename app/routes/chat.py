@@ -3,25 +3,33 @@ and ``POST /chat/cancel`` (the stop button)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 from quart import Blueprint, Response, g, request
 
-from pipeline.cursor import BadCursor, Cursor, parse_cursor
+from pipeline.compose import open_pipeline
+from pipeline.encode import encode_sse
 from pipeline.events import Error
+from pipeline.keepalive import keepalive
 from pipeline.letta_map import LettaMapper
-from pipeline.letta_turn import LettaTurn
-from pipeline.presets import letta_sse
+from pipeline.letta_turn import start_turn
+from pipeline.sse import SSEEncoder
 
 from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
-from ..errors import InvalidRequest, NotFound, UpstreamError
+from ..errors import InvalidRequest, NotFound, NotResumable, TurnInProgress, UpstreamError
+from ..frame_ids import BadFrameId, FrameId, parse_frame_id
 from ..replies import chat_reply, turn_events
-from ..resume import claim_agent, claim_for_resume, open_turn, reopen_turn
 from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
 from ..sse_body import sse_response
+from ..store import LogFrame
 from ..stream_session import StreamSession
+from ..turn_host import new_id
+from ..turn_machine import Adopt, Claim, Finish, Refused, Stop, TakeOver
+from ..turn_runner import TurnRunner
 from ..upstream import letta_errors
 
 blueprint = Blueprint("chat", __name__)
@@ -47,15 +55,24 @@ async def _check_owner(svc: Services, agent_id: str, user_id: str | None) -> Non
         raise NotFound("agent not found")  # unknown or someone else's: the same answer, saying no more
 
 
-def _resume_position() -> Cursor | None:
+def _resume_position() -> FrameId | None:
     """The ``Last-Event-ID`` a reconnecting client sent, if any."""
     raw = request.headers.get("Last-Event-ID")
     if raw is None or not raw.strip():
         return None
     try:
-        return parse_cursor(raw)
-    except BadCursor as exc:
+        return parse_frame_id(raw)
+    except BadFrameId as exc:
         raise InvalidRequest(str(exc), field="Last-Event-ID") from exc
+
+
+async def _claim(svc: Services, agent_id: str, turn_id: str, reader: str) -> None:
+    """Make ``turn_id`` the agent's one turn, or raise 409 :class:`TurnInProgress`."""
+    host = svc.host
+    transition = await host.apply(agent_id, Claim(turn_id, host.owner, reader, host.lease))
+    if transition.first(Refused) is not None:
+        svc.metrics.refused()
+        raise TurnInProgress("the agent is still answering the previous message; try again when it is done")
 
 
 @blueprint.post("/chat")
@@ -63,17 +80,17 @@ async def chat() -> dict[str, Any]:
     """Send a message; answer with the agent's whole reply once the turn is over."""
     svc = services()
     body = await _admit(svc, ChatRequest)
-    await claim_agent(svc, body.agent_id)
+    turn_id, host = new_id("turn"), svc.host
+    await _claim(svc, body.agent_id, turn_id, reader=new_id("conn"))
     try:
-        async with letta_errors():
+        async with host.owning(body.agent_id, turn_id), letta_errors():
             # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
             response = await svc.stream_client().agents.messages.create(body.agent_id, input=body.message)
     except anyio.get_cancelled_exc_class():
-        if svc.canceller is not None:
-            svc.canceller.submit(body.agent_id, None)
+        svc.canceller.submit(body.agent_id, None)  # the client left: nobody will read this reply
         raise
     finally:
-        svc.guard.release(body.agent_id)
+        await host.apply_shielded(body.agent_id, Finish(turn_id, host.owner))
     events, mapper = turn_events(response)
     reply = chat_reply(body.agent_id, events, mapper.run_id)
     if isinstance(reply, Error):
@@ -86,68 +103,106 @@ async def chat() -> dict[str, Any]:
 async def chat_stream() -> Response:
     """Send a message and stream the turn as SSE; with ``Last-Event-ID``, resume that turn instead.
 
-    404/409/502/503 are answered before the stream starts.  A resumed turn sends nothing
-    to the agent: the ``message`` of the body is not sent again.
+    404/409/410/502/503 are answered before the stream starts.  A resumed turn sends
+    nothing to the agent: the ``message`` of the body is not sent again.
     """
     svc: Services = services()
-    if svc.draining is not None and svc.draining.is_set():
+    if svc.draining.is_set():
         raise ShuttingDown("the service is restarting; try again in a moment")
     position = _resume_position()
     body = await _admit(svc, StreamRequest)
     if position is None:
-        await claim_agent(svc, body.agent_id)
-    else:
-        await claim_for_resume(svc, body.agent_id, position)
+        return await _new_turn(svc, body)
+    return await _resume(svc, body, position)
+
+
+async def _new_turn(svc: Services, body: StreamRequest) -> Response:
+    turn_id, reader, host = new_id("turn"), new_id("conn"), svc.host
+    await _claim(svc, body.agent_id, turn_id, reader)
     try:
-        turn = await (open_turn(svc, body) if position is None else reopen_turn(svc, body.agent_id, position))
+        async with letta_errors():
+            turn = await start_turn(
+                svc.stream_client(),
+                body.agent_id,
+                body.message,
+                stream_tokens=body.stream_tokens,
+                thinking=body.enable_thinking,
+                control=svc.control,
+            )
     except BaseException:
-        svc.guard.release(body.agent_id)
-        if position is not None and svc.canceller is not None:  # nobody can read that turn now: stop it
-            svc.canceller.submit(body.agent_id, position.run_id)
+        await host.apply_shielded(body.agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent
         raise
-    return _stream(svc, body, turn, position)
+    send, recv = anyio.create_memory_object_stream[LogFrame](1)
+    settings = svc.settings
+    runner = TurnRunner(
+        host,
+        host.store,
+        turn,
+        turn_id,
+        LettaMapper(show_reasoning=body.enable_thinking),
+        send,
+        window=settings.throttle_window,
+        log_enabled=settings.resume,
+        log_ttl=settings.letta_timeout + settings.log_keep,
+        keep=settings.log_keep,
+    )
+    session = _session(svc, body.agent_id, turn_id, reader, resumed=False)
+    session.attach_live(recv)
+    host.start(body.agent_id, turn_id, runner.run)
+    return _respond(svc, session, session.live())
 
 
-def _stream(svc: Services, body: StreamRequest, turn: LettaTurn, position: Cursor | None) -> Response:
-    session = StreamSession(
+async def _resume(svc: Services, body: StreamRequest, position: FrameId) -> Response:
+    host = svc.host
+    meta = await host.store.log_meta(position.turn_id)
+    if meta is None:
+        raise NotResumable("this answer can no longer be resumed; send the message again")
+    if meta.agent_id != body.agent_id:
+        raise NotFound("stream position not found")  # another agent's turn: say no more than for none
+    reader = new_id("conn")
+    transition = await host.apply(body.agent_id, Adopt(position.turn_id, reader, host.owner, host.lease))
+    session = _session(svc, body.agent_id, position.turn_id, reader, resumed=True)
+    takeover = transition.first(TakeOver)
+    if isinstance(takeover, TakeOver):
+        session.start_takeover(takeover.run_id)
+    svc.metrics.resumed()
+    return _respond(svc, session, session.follow(position.seq))
+
+
+def _session(svc: Services, agent_id: str, turn_id: str, reader: str, *, resumed: bool) -> StreamSession:
+    settings = svc.settings
+    return StreamSession(
         g.request_id,
-        body.agent_id,
-        turn,
-        svc.guard,
+        agent_id,
+        turn_id,
+        reader,
+        svc.host,
         svc.metrics,
-        cancel_timeout=svc.settings.cancel_timeout,
-        cancel=svc.canceller.abandon if svc.canceller else None,
-        detached=svc.detached,
+        grace=settings.resume_grace if settings.resume else 0.0,
+        control=svc.control,
+        letta_timeout=settings.letta_timeout,
         draining=svc.draining,
-        resumed=position is not None,
+        resumed=resumed,
     )
-    mapper = LettaMapper(
-        show_reasoning=body.enable_thinking,
-        resumable=turn.background,
-        position=None if position is None else str(position),
-    )
-    pipeline = letta_sse(
-        turn,
-        mapper=mapper,
-        window=svc.settings.throttle_window,
-        keepalive_interval=svc.settings.keepalive_interval,
-        send_timeout=svc.settings.send_timeout,
-        cancel_timeout=svc.settings.cancel_timeout,
-        observe=session.observe,
-        abandon=session.abandon,
-        stop=svc.draining,
+
+
+def _respond(svc: Services, session: StreamSession, frames: AsyncIterator[bytes]) -> Response:
+    """The SSE response: the session's frames → keepalive → bytes, with a stalled-client timeout."""
+    settings = svc.settings
+    pipeline = open_pipeline(
+        partial(session.source, frames),
+        partial(keepalive, interval=settings.keepalive_interval),
+        partial(encode_sse, encoder=SSEEncoder(retry_ms=None), send_timeout=settings.send_timeout),
     )
     return sse_response(pipeline, session.finalize)
 
 
 @blueprint.post("/chat/cancel")
 async def chat_cancel() -> tuple[dict[str, Any], int]:
-    """Stop the agent's turn now (the stop button): its run is cancelled, even while detached."""
+    """Stop the agent's turn now (the stop button): its run is cancelled, even while nobody reads it."""
     svc = services()
     body = await json_body(CancelRequest)
     await _check_owner(svc, body.agent_id, body.user_id)
-    held = svc.detached.stop(body.agent_id) if svc.detached is not None else False
-    if not held and svc.canceller is not None:
-        svc.canceller.submit(body.agent_id, body.run_id)
-    svc.metrics.stops += 1
+    await svc.host.apply(body.agent_id, Stop(body.run_id))
+    svc.metrics.stopped()
     return {"agent_id": body.agent_id, "cancelling": True}, 202

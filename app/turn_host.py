@@ -1,0 +1,212 @@
+"""The thin driver of :mod:`app.turn_machine`: applies inputs through the store, performs the effects.
+
+One :class:`TurnHost` per process.  It owns
+
+* the app-lifetime task group in which this process's *runners* (and takeovers) run —
+  a turn outlives the HTTP request that started it, so a client that drops does not
+  stop it;
+* one deadline timer: it sleeps until the store's earliest deadline (any replica's),
+  then applies ``Expire`` to what is due — whichever process wins the store's atomic
+  update performs the cancel, exactly once;
+* one lease loop renewing every turn this process runs; a turn whose lease was taken
+  over by another process is stopped here (``Lost``), without cancelling its run.
+
+Effects: ``Cancel`` goes to the cancel queue; ``Superseded`` cancels this process's
+connection that no longer reads the turn; the others (``Refused``, ``Follow``,
+``TakeOver``, ``Replay``) are the caller's to act on.
+
+Stopping (:meth:`TurnHost.run` returns): every turn still running here is handed off
+(``Drain``) — not cancelled: its run goes on in Letta and a client resuming through
+another replica takes it over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from .cancels import RunCanceller
+from .store import TurnStore
+from .turn_machine import Cancel, Drain, Expire, Input, Lost, Renew, Superseded, Transition
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+"""The longest the deadline timer sleeps: another replica may have set an earlier deadline meanwhile."""
+
+
+def process_id() -> str:
+    """A name for this process that no other process (here or on another host) shares."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def new_id(prefix: str) -> str:
+    """A fresh, unguessable id (turn ids travel in SSE ids and come back in ``Last-Event-ID``)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@attrs.define(eq=False)
+class _Owned:
+    agent_id: str
+    scope: anyio.CancelScope
+
+
+@attrs.define(eq=False)
+class TurnHost:
+    """Runs this process's turns and keeps their shared records true."""
+
+    store: TurnStore
+    canceller: RunCanceller
+    grace: float = 30.0
+    """How long a turn whose client went away waits for a resume."""
+    lease: float = 10.0
+    """How long a turn's owner may be silent before others treat it as dead."""
+    drain_seconds: float = 8.0
+    """When the host stops, how long turns running here may take to end before they are handed off."""
+    owner: str = attrs.Factory(process_id)
+    _tg: TaskGroup | None = attrs.field(default=None, init=False)
+    _owned: dict[str, _Owned] = attrs.field(factory=dict, init=False)
+    _readers: dict[str, anyio.CancelScope] = attrs.field(factory=dict, init=False)
+    _idle: anyio.Event = attrs.field(factory=anyio.Event, init=False)
+
+    async def apply(self, agent_id: str, event: Input) -> Transition:
+        """Apply ``event`` to the agent's shared record; perform ``Cancel`` and ``Superseded``."""
+        transition = await self.store.apply(agent_id, event, grace=self.grace)
+        for effect in transition.effects:
+            if isinstance(effect, Cancel):
+                log.info(
+                    "cancelling run agent_id=%s run_id=%s (%s)", effect.agent_id, effect.run_id, type(event).__name__
+                )
+                self.canceller.submit(effect.agent_id, effect.run_id)
+            elif isinstance(effect, Superseded):
+                scope = self._readers.get(effect.reader)
+                if scope is not None:
+                    scope.cancel()
+        return transition
+
+    async def apply_shielded(self, agent_id: str, event: Input, within: float = 5.0) -> Transition | None:
+        """:meth:`apply` from a cleanup path: shielded from cancellation, bounded, failures logged."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(within):
+            try:
+                return await self.apply(agent_id, event)
+            except Exception as exc:
+                log.warning("turn store update failed agent_id=%s %s: %r", agent_id, type(event).__name__, exc)
+        return None
+
+    # ------------------------------------------------------------ connections
+
+    @asynccontextmanager
+    async def reading(self, reader: str) -> AsyncIterator[anyio.CancelScope]:
+        """Register connection ``reader``: its scope is cancelled if another connection adopts its turn."""
+        with anyio.CancelScope() as scope:
+            self._readers[reader] = scope
+            try:
+                yield scope
+            finally:
+                self._readers.pop(reader, None)
+
+    # ------------------------------------------------------------ turns run here
+
+    def start(self, agent_id: str, turn_id: str, work: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``work`` (a runner or a takeover of ``turn_id``) in the app's task group, renewing its lease.
+
+        Raises :class:`RuntimeError` when the host is not running (not serving, or stopped).
+        """
+        if self._tg is None:
+            raise RuntimeError("the turn host is not running")
+        self._tg.start_soon(self._own, agent_id, turn_id, work)
+
+    async def _own(self, agent_id: str, turn_id: str, work: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            async with self.owning(agent_id, turn_id):
+                await work()
+        except Exception:
+            log.exception("turn %s failed in its runner", turn_id)
+
+    @asynccontextmanager
+    async def owning(self, agent_id: str, turn_id: str) -> AsyncIterator[None]:
+        """Renew ``turn_id``'s lease while the caller's task runs it inside this block.
+
+        The block is cancelled if the turn is lost to another process, or handed off
+        when the host stops.
+        """
+        owned = self._owned[turn_id] = _Owned(agent_id, anyio.CancelScope())
+        self._idle = anyio.Event()
+        try:
+            with owned.scope:
+                yield
+        finally:
+            self._owned.pop(turn_id, None)
+            if not self._owned:
+                self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """Turns this process runs now."""
+        return len(self._owned)
+
+    async def wait_idle(self, within: float) -> bool:
+        """Wait (at most ``within`` s) until no turn runs here; whether that happened."""
+        if not self._owned:
+            return True
+        with anyio.move_on_after(within):
+            await self._idle.wait()
+        return not self._owned
+
+    # ------------------------------------------------------------ the app-lifetime task
+
+    async def run(self, stopping: Callable[[], Awaitable[object]]) -> None:
+        """Run turns, the deadline timer and the lease loop until ``stopping()`` returns; then hand off."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._deadlines)
+            tg.start_soon(self._renewals)
+            try:
+                await stopping()
+                await self.wait_idle(self.drain_seconds)  # resumers elsewhere follow their logs meanwhile
+            finally:
+                self._tg = None
+                with anyio.CancelScope(shield=True):
+                    await self._hand_off()
+                tg.cancel_scope.cancel()
+
+    async def _hand_off(self) -> None:
+        for turn_id, owned in list(self._owned.items()):
+            log.info("handing off turn %s (the process stops; a resume elsewhere takes it over)", turn_id)
+            await self.apply_shielded(owned.agent_id, Drain(turn_id, self.owner, self.grace))
+            owned.scope.cancel()
+
+    async def _deadlines(self) -> None:
+        while True:
+            try:
+                now = await self.store.clock()
+                soonest = await self.store.next_due()
+                delay = POLL_SECONDS if soonest is None else min(max(soonest - now, 0.0), POLL_SECONDS)
+                await anyio.sleep(delay)
+                for agent_id in await self.store.due(await self.store.clock()):
+                    await self.apply(agent_id, Expire(self.grace))
+            except Exception as exc:  # the store is down: try again, never die
+                log.warning("deadline timer: %r", exc)
+                await anyio.sleep(POLL_SECONDS)
+
+    async def _renewals(self) -> None:
+        while True:
+            await anyio.sleep(self.lease / 3)
+            for turn_id, owned in list(self._owned.items()):
+                try:
+                    transition = await self.apply(owned.agent_id, Renew(turn_id, self.owner, self.lease))
+                except Exception as exc:
+                    log.warning("renewing the lease of turn %s failed: %r", turn_id, exc)
+                    continue
+                if transition.first(Lost) is not None:
+                    log.warning("turn %s is no longer ours (taken over): stopping its runner", turn_id)
+                    owned.scope.cancel()

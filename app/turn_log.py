@@ -1,0 +1,91 @@
+"""Writing a turn's log off the hot path, and reading back what it told the client.
+
+The runner hands every outgoing frame to a :class:`LogWriter` (instant, never waits):
+the writer's own task appends whatever has piled up as one batch, so the live stream
+never waits on the store and a slow store costs batches, not latency.  The pending
+frames are bounded; a store that cannot keep up (or fails) marks the log *broken* —
+the live stream goes on, and a resume of that turn is refused (410) instead of
+replaying a log with holes.
+
+:func:`logged_text` reads a log's frames back as the answer text they carried (for a
+takeover, which must send only what the log has not).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import attrs
+
+from pipeline.events import Text
+from pipeline.sse import SSEParser
+from pipeline.wire import parse_event
+
+from .store import LogFrame, TurnStore
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class LogWriter:
+    """Appends one turn's frames to ``store`` in batches.  :meth:`run` is its task; :meth:`close` ends it."""
+
+    store: TurnStore
+    turn_id: str
+    max_pending: int = 4096
+    broken: BaseException | None = None
+    appended: int = 0
+    batches: int = 0
+    _pending: list[LogFrame] = attrs.field(factory=list, init=False)
+    _wake: anyio.Event = attrs.field(factory=anyio.Event, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def append(self, frame: LogFrame) -> None:
+        """Queue ``frame``; never waits.  Past ``max_pending`` frames the log is given up as broken."""
+        if self.broken is not None:
+            return
+        if len(self._pending) >= self.max_pending:
+            self.broken = OverflowError(f"{len(self._pending)} frames waiting for the store")
+            log.warning("turn log %s broken: the store does not keep up", self.turn_id)
+            self._pending.clear()
+            return
+        self._pending.append(frame)
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more frames: :meth:`run` returns once the pending ones are written."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write batches until closed and drained (or broken)."""
+        while True:
+            if not self._pending:
+                if self._closed or self.broken is not None:
+                    return
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            batch = self._pending[:]  # kept pending until written: a cancelled write is tried again
+            try:
+                await self.store.log_append(self.turn_id, batch)
+            except Exception as exc:  # the live stream goes on; only resume is lost
+                self.broken = exc
+                log.warning("turn log %s broken: %r", self.turn_id, exc)
+                return
+            del self._pending[: len(batch)]
+            self.appended += len(batch)
+            self.batches += 1
+
+
+def logged_text(frames: list[LogFrame]) -> str:
+    """The answer text the frames carried, in order."""
+    parser = SSEParser()
+    parts: list[str] = []
+    for frame in frames:
+        for sse in parser.feed(frame.data):
+            event = parse_event(sse.data)
+            if isinstance(event, Text):
+                parts.append(event.content)
+    return "".join(parts)

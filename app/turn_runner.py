@@ -1,0 +1,155 @@
+"""Running one turn: Letta's stream → events → frames, into the turn's log and to the live client.
+
+The runner is the turn's single writer.  It reads the turn from Letta (foreground
+mode: token deltas as Letta makes them) through the pipeline's stages — source →
+filter → throttle — then numbers each outgoing event, encodes it once as an SSE
+frame with the id ``<turn id>:<seq>``, appends the frame to the turn's log (batched,
+never waited for) and hands it to the live client, if one is attached.
+
+* The live client is a memory object stream of one frame: while the client reads
+  slowly the throttle merges text (backpressure); when the client goes away the
+  runner just stops handing frames out and goes on logging — the turn keeps running
+  for a resume (the grace period is the turn machine's, not the runner's).
+* The runner never cancels the run: cancelling is an effect of the turn machine
+  (stop button, grace over).  When its process stops, the turn is handed off.
+* It owns the Letta stream (closed when it ends, whatever ends it), the live send
+  end (closed) and the log writer (flushed, then the log is kept ``keep`` seconds);
+  after the last frame is in the log the agent is released (``Finish``).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from pipeline.compose import open_pipeline
+from pipeline.events import TERMINAL_TYPES, Event
+from pipeline.filter import filter_letta
+from pipeline.letta_map import LettaMapper
+from pipeline.letta_turn import LettaTurn, letta_source
+from pipeline.sse import SSEEncoder
+from pipeline.throttle import throttle
+
+from .frame_ids import FrameId
+from .store import LogFrame, LogMeta, TurnStore
+from .turn_host import TurnHost
+from .turn_log import LogWriter
+from .turn_machine import Finish, Started
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 5.0
+"""How long the log's last frames may take to reach the store once the turn ended."""
+
+
+async def _keep_running(turn: LettaTurn) -> None:
+    """A runner that stops early leaves the run to whoever takes the turn over: no cancel here."""
+
+
+@attrs.define(eq=False)
+class TurnRunner:
+    """One turn's runner.  ``live`` is the attached client's end (``None``: nobody reads live)."""
+
+    host: TurnHost
+    store: TurnStore
+    turn: LettaTurn
+    turn_id: str
+    mapper: LettaMapper
+    live: MemoryObjectSendStream[LogFrame] | None
+    window: float = 0.05
+    log_enabled: bool = True
+    log_ttl: float = 3600.0
+    """How long the log may live while the turn runs (longer than any turn)."""
+    keep: float = 600.0
+    """How long the log is kept once the turn ended."""
+    seq: int = 0
+    writer: LogWriter | None = None
+
+    async def run(self) -> None:
+        """Run the turn to its end (or until cancelled); always closes what it owns.
+
+        At the end the log is flushed and the agent released (``Finish``) *before* the
+        terminal frame goes to the live client, so a student who sends the next message
+        the moment the answer is done is never refused, and a resume never finds a
+        released turn whose log lacks its end.  A runner stopped before the end leaves
+        the turn to be taken over.
+        """
+        self.writer = LogWriter(self.store, self.turn_id) if self.log_enabled else None
+        last: LogFrame | None = None
+        try:
+            if self.writer is not None:
+                await self.store.log_open(LogMeta(self.turn_id, self.turn.agent_id), self.log_ttl)
+            async with anyio.create_task_group() as tg:
+                if self.writer is not None:
+                    tg.start_soon(self.writer.run)
+                last = await self._pump(tg)
+                if self.writer is not None:
+                    self.writer.close()
+                tg.cancel_scope.deadline = anyio.current_time() + FLUSH_SECONDS  # the log's last batch, bounded
+            with anyio.CancelScope(shield=True):
+                await self._flush()
+                if last is not None:
+                    await self.host.apply_shielded(self.turn.agent_id, Finish(self.turn_id, self.host.owner))
+            if last is not None and self.live is not None:
+                await self._hand_out(last)
+        finally:
+            if self.live is not None:
+                self.live.close()
+            if last is None:
+                with anyio.CancelScope(shield=True):
+                    await self._flush()
+
+    async def _pump(self, tg: TaskGroup) -> LogFrame | None:
+        """Frames out until the turn's terminal event; that frame (logged, not yet handed out), if reached."""
+        encoder = SSEEncoder(retry_ms=None)
+        source = partial(letta_source, self.turn, abandon=_keep_running)
+        pipeline = open_pipeline(source, partial(filter_letta, mapper=self.mapper), partial(throttle, window=self.window))
+        started = False
+        async with pipeline as events:
+            async for event in events:
+                if not started and self.mapper.run_id is not None:
+                    started = True
+                    tg.start_soon(self._started, self.mapper.run_id)
+                frame = self._frame(encoder, event)
+                if self.writer is not None:
+                    self.writer.append(frame)
+                if frame.last:
+                    return frame
+                if self.live is not None:
+                    await self._hand_out(frame)
+        return None
+
+    def _frame(self, encoder: SSEEncoder, event: Event) -> LogFrame:
+        self.seq += 1
+        data = encoder.encode(attrs.evolve(event, cursor=str(FrameId(self.turn_id, self.seq))))
+        return LogFrame(self.seq, data, isinstance(event, TERMINAL_TYPES))
+
+    async def _hand_out(self, frame: LogFrame) -> None:
+        assert self.live is not None
+        try:
+            await self.live.send(frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.live = None  # the client went away; its connection reports the detach
+
+    async def _started(self, run_id: str) -> None:
+        try:
+            await self.host.apply(self.turn.agent_id, Started(self.turn_id, run_id))
+        except Exception as exc:  # the turn goes on; a stop before this lands cancels the agent's latest run
+            log.warning("recording run %s of turn %s failed: %r", run_id, self.turn_id, exc)
+
+    async def _flush(self) -> None:
+        """Write what the log writer still holds (bounded), then keep the log ``keep`` seconds."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        with anyio.move_on_after(FLUSH_SECONDS):
+            await self.writer.run()
+        try:
+            await self.store.log_close(self.turn_id, self.keep)
+        except Exception as exc:
+            log.warning("closing the log of turn %s failed: %r", self.turn_id, exc)
