@@ -13,7 +13,7 @@ from quart import Quart, request
 
 from .errors import ApiError
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/live"})
 
 
 class Unauthorized(ApiError):

@@ -1,4 +1,5 @@
-"""``hypercorn app:app -c hypercorn.toml``, exactly as deployed: it starts when configured, refuses when not."""
+"""``hypercorn app:app -c hypercorn.toml`` (hypercorn's own CLI and worker processes): it starts when configured,
+refuses when not.  The launcher that deploys the service (``python -m app.launch``) is tested in test_launch.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from devstack.replicas import launcher_workers
 from devstack.service_thread import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +37,7 @@ def test_configured_service_serves_and_requires_its_token() -> None:
                 assert time.monotonic() < deadline, "hypercorn did not start"
                 time.sleep(0.2)
         assert health.status_code == 503  # up, but no Letta behind it
+        assert len(launcher_workers(proc.pid)) == 2  # hypercorn.toml's workers, as hypercorn's own processes
         assert httpx.get(f"http://127.0.0.1:{port}/agents?user_id=u", timeout=5).status_code == 401
         authorized = {"Authorization": "Bearer entry-token"}
         assert httpx.get(f"http://127.0.0.1:{port}/metrics", headers=authorized, timeout=5).status_code == 200

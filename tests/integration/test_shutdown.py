@@ -1,4 +1,5 @@
-"""SIGTERM to ``hypercorn app:app``: open streams get a final event and end, runs are cancelled, the server exits."""
+"""SIGTERM to the launcher (``python -m app.launch``): open streams get a final event and end, runs are cancelled,
+the server exits."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def test_sigterm_ends_open_streams_with_a_final_event(emulator: str) -> No
         "SERVICE_AUTH": "off",
         "LETTA_BASE_URL": emulator,
     }
-    cmd = [sys.executable, "-m", "hypercorn", "app:app", "-c", "hypercorn.toml", "-b", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, "-m", "app.launch", "--bind", f"127.0.0.1:{port}"]
     proc = await anyio.open_process(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
