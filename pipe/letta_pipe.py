@@ -20,8 +20,9 @@ requirements: httpx-sse==0.4.3
 # One Pipe instance serves every request: per-request state lives in locals only.
 #
 # Dropped streams: every frame's SSE id is a position in the agent's turn.  When the
-# connection to the service drops before the turn ended, the pipe reconnects once with
-# `Last-Event-ID` and gets the rest of the same turn (no text twice, none lost).  The
+# connection to the service drops (or a replica restarting ends it) before the turn
+# ended, the pipe reconnects with `Last-Event-ID` (up to MAX_RESUMES times, backing off)
+# and gets the rest of the same turn from any replica (no text twice, none lost).  The
 # stop button is not a drop: the pipe tells the service (`POST /chat/cancel`) so the
 # turn stops at once instead of waiting for a reconnect that will never come.
 
@@ -38,6 +39,9 @@ from httpx_sse import aconnect_sse
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
+
+MAX_RESUMES = 5
+"""Reconnects per turn (a rolling restart of every replica needs one per replica)."""
 
 Emitter = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -60,9 +64,10 @@ class ProtocolError(ValueError):
 class ServiceError(Exception):
     """The letta-stream service refused or failed a request; ``message`` is for the student."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.status = status
 
 
 # -- protocol: SSE data → event dict (mirrors pipeline.wire.parse_event) ---------------
@@ -187,7 +192,7 @@ class _Turn:
             async with aconnect_sse(client, "POST", "/chat/stream", json=request, headers=headers) as source:
                 if source.response.status_code != 200:
                     await source.response.aread()
-                    raise ServiceError(refusal(source.response))
+                    raise ServiceError(refusal(source.response), source.response.status_code)
                 async for sse in source.aiter_sse():
                     self.last_id = sse.id or self.last_id
                     if not sse.data:  # a keepalive comment (httpx-sse yields it as an empty event)
@@ -288,17 +293,27 @@ class Pipe:
                 }
                 async for chunk in turn.read(client, request):
                     yield chunk
-                if not turn.ended and turn.last_id:  # dropped mid-turn: the turn goes on, pick it up once
-                    log.info("letta pipe: resuming the turn from %s", turn.last_id)
-                    async for chunk in turn.read(client, request, resume=True):
-                        yield chunk
+                resumes = 0
+                while not turn.ended and turn.last_id and resumes < MAX_RESUMES:
+                    # dropped mid-turn (a network blip, a replica restarting): the turn goes on, pick it up
+                    resumes += 1
+                    await asyncio.sleep(min(0.25 * resumes, 2.0))
+                    log.info("letta pipe: resuming the turn from %s (attempt %d)", turn.last_id, resumes)
+                    try:
+                        async for chunk in turn.read(client, request, resume=True):
+                            yield chunk
+                    except (httpx.ConnectError, httpx.TimeoutException) as exc:
+                        log.info("letta pipe: resume attempt failed: %r", exc)
+                    except ServiceError as exc:
+                        if exc.status != 503:  # 503: that replica is restarting; another will answer
+                            raise
             if not turn.ended:
                 turn.ended = True
                 yield content_chunk(friendly_error("The connection to the tutor was interrupted. Please try again."))
                 await turn.say("Interrupted", done=True)
         except asyncio.CancelledError:
             if agent_id is not None and not turn.ended:  # the stop button: stop the turn, not just our reading
-                await asyncio.shield(self._stop(agent_id, user.get("id"), turn.last_id))
+                await asyncio.shield(self._stop(agent_id, user.get("id")))
             if emit is not None:  # don't leave "Thinking..." on screen
                 await asyncio.shield(emit(status("Stopped", done=True, hidden=True)))
             raise
@@ -320,12 +335,11 @@ class Pipe:
         token = self.valves.SERVICE_TOKEN
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    async def _stop(self, agent_id: str, user_id: Any, last_id: str) -> None:
-        """Ask the service to cancel the turn now; never raises (the student already pressed stop)."""
-        run_id = last_id.rsplit(":", 1)[0] if ":" in last_id else None
+    async def _stop(self, agent_id: str, user_id: Any) -> None:
+        """Ask the service to cancel the agent's turn now; never raises (the student already pressed stop)."""
         try:
             async with httpx.AsyncClient(base_url=self.valves.SERVICE_URL, timeout=3.0, headers=self._auth()) as client:
-                await client.post("/chat/cancel", json={"agent_id": agent_id, "user_id": user_id, "run_id": run_id})
+                await client.post("/chat/cancel", json={"agent_id": agent_id, "user_id": user_id})
         except httpx.HTTPError as exc:
             log.warning("letta pipe: could not ask the service to stop the turn: %r", exc)
 

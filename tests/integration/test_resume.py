@@ -1,4 +1,4 @@
-"""Resuming a dropped stream against the real Letta (background mode, backed by a real Redis).
+"""Resuming a dropped stream against the real Letta (foreground runs; the service's own turn log in Redis).
 
 The service's session fixture waits ``RESUME_GRACE`` seconds for a client that went away.
 """
@@ -57,6 +57,18 @@ def text(events: list[Event]) -> str:
     return "".join(e.content for e in events if isinstance(e, Text))
 
 
+async def latest_run(letta_stack: LocalStack, agent_id: str) -> str:
+    """The agent's one run (the tests' agents are fresh), waited for until Letta lists it."""
+    async with AsyncLetta(base_url=letta_stack.letta_url) as letta:
+        for _ in range(50):
+            runs = [r async for r in letta.runs.list(agent_id=agent_id)]
+            if runs:
+                assert len(runs) == 1, [r.id for r in runs]
+                return runs[0].id
+            await anyio.sleep(0.1)
+    raise AssertionError(f"no run of {agent_id}")
+
+
 async def run_status(letta_stack: LocalStack, run_id: str) -> str | None:
     async with AsyncLetta(base_url=letta_stack.letta_url) as letta:
         return (await letta.runs.retrieve(run_id)).status
@@ -79,8 +91,8 @@ async def test_a_dropped_stream_resumes_the_same_turn_with_nothing_repeated_or_l
     agent_id = await new_agent(http, "resuming-student")
     body = {"agent_id": agent_id, "message": PROMPT}
     first, last_id = await read(http, body, stop_at_chars=40)
-    run_id = last_id.rsplit(":", 1)[0]
-    assert run_id.startswith("run-")
+    assert last_id.startswith("turn-")
+    run_id = await latest_run(letta_stack, agent_id)
     assert 40 <= len(text(first)) < len(expected_answer(PROMPT))
     assert await run_status(letta_stack, run_id) == "running"  # dropped, not stopped
 
@@ -102,8 +114,8 @@ async def test_a_client_that_never_comes_back_has_its_run_cancelled_after_the_gr
 ) -> None:
     agent_id = await new_agent(http, "vanishing-student")
     idle_tasks = service.task_count()
-    _, last_id = await read(http, {"agent_id": agent_id, "message": "[long 400] [slow 30] go"}, stop_at_chars=20)
-    run_id = last_id.rsplit(":", 1)[0]
+    await read(http, {"agent_id": agent_id, "message": "[long 400] [slow 30] go"}, stop_at_chars=20)
+    run_id = await latest_run(letta_stack, agent_id)
     await anyio.sleep(0.5)
     assert await run_status(letta_stack, run_id) == "running"
     refused = await http.post("/chat/stream", json={"agent_id": agent_id, "message": "hello?"})
