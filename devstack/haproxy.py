@@ -51,7 +51,7 @@ def haproxy_config(port: int, backends: Sequence[int], *, stats_socket: Path | N
     return f"""# written by devstack/haproxy.py
 global
     log stdout format raw local0 info
-    maxconn 20000
+    # no maxconn: HAProxy derives it from the file descriptor limit it is given
 {stats}
 defaults
     mode http
@@ -104,7 +104,7 @@ class HAProxy:
         return self.work_dir / "haproxy.sock"
 
     def start(self, timeout: float = 30.0) -> None:
-        """Check the configuration, start, wait until the port accepts; ``StackError`` with the log tail."""
+        """Check the configuration, start, wait until every replica is UP; ``StackError`` with the log tail."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(haproxy_config(self.port, self.backends, stats_socket=self.stats_socket))
         checked = subprocess.run(
@@ -114,19 +114,25 @@ class HAProxy:
             raise StackError(f"haproxy rejects {self.config_path}:\n{checked.stdout}{checked.stderr}")
         self.proc = spawn([str(self.binary), "-db", "-f", str(self.config_path)], self.log, base_env(), self.work_dir)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # until every replica passed its first check
             if self.proc.poll() is not None:
                 raise StackError(f"haproxy exited ({self.proc.returncode}) at start\n{log_tail(self.log)}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
+                states = self.server_states()
+            except OSError:  # its stats socket is not there yet
+                states = {}
+            if states and all(state == "UP" for state in states.values()):
+                return
+            time.sleep(0.05)
         self.stop()
-        raise StackError(f"haproxy not listening on {self.port} after {timeout:.0f} s\n{log_tail(self.log)}")
+        raise StackError(f"haproxy: not every replica up after {timeout:.0f} s ({states})\n{log_tail(self.log)}")
 
     def server_states(self) -> dict[str, str]:
-        """Each replica's state as HAProxy sees it now (``UP``, ``DOWN``, ...), from its stats socket."""
+        """Each replica's state as HAProxy sees it now, from its stats socket.
+
+        ``UP``, ``DOWN``, or on the way: ``UP 1/2`` (a check failed; or not checked yet),
+        ``DOWN 1/2`` (a check passed).
+        """
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
             sock.connect(str(self.stats_socket))

@@ -219,10 +219,10 @@ class Replicas:
         return self.proxy.server_states()
 
     def wait_state(self, i: int, state: str, timeout: float = 30.0) -> None:
-        """Wait until HAProxy sees replica ``i`` as ``state`` (``UP`` or ``DOWN``)."""
+        """Wait until HAProxy sees replica ``i`` as exactly ``state`` (``UP`` or ``DOWN``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.server_states().get(f"replica{i}", "").startswith(state):
+            if self.server_states().get(f"replica{i}") == state:
                 return
             time.sleep(0.1)
         raise StackError(f"replica{i} not {state} after {timeout:.0f} s: {self.server_states()}")
