@@ -108,7 +108,9 @@ class TurnRunner:
         """Frames out until the turn's terminal event; that frame (logged, not yet handed out), if reached."""
         encoder = SSEEncoder(retry_ms=None)
         source = partial(letta_source, self.turn, abandon=_keep_running)
-        pipeline = open_pipeline(source, partial(filter_letta, mapper=self.mapper), partial(throttle, window=self.window))
+        pipeline = open_pipeline(
+            source, partial(filter_letta, mapper=self.mapper), partial(throttle, window=self.window)
+        )
         started = False
         async with pipeline as events:
             async for event in events:

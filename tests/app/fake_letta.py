@@ -1,4 +1,13 @@
-"""An in-memory stand-in for ``AsyncLetta``: just the calls the service makes, with real SDK types."""
+"""An in-memory stand-in for ``AsyncLetta``: just the calls the service makes, with real SDK types.
+
+Streams behave as Letta 0.16.8's foreground mode: ``agents.messages.create(streaming=True)``
+starts a *run* (``run_id`` on every chunk, ``runs.retrieve`` says ``running``), the run
+``completed`` when its stream is read to the end — and it goes on when its client closes
+the stream early: it completes on its own once its chunks could have been produced (at
+once, unless :attr:`FakeLetta.hold_after` holds it until :attr:`FakeLetta.go` is set).
+``runs.messages.list`` then has its whole answer.  ``agents.messages.cancel`` marks the run
+``cancelled`` and ends its open stream with a ``stop_reason`` chunk of ``cancelled``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +19,9 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import httpx
-from letta_client import APIConnectionError, APIStatusError, NotFoundError
+from letta_client import APIConnectionError, NotFoundError
 from letta_client.types import AgentState
-from letta_client.types.agents import LettaResponse
+from letta_client.types.agents import AssistantMessage, LettaResponse
 
 from tests.pipeline import letta_chunks as c
 
@@ -27,58 +36,106 @@ def unreachable() -> APIConnectionError:
     return APIConnectionError(request=_REQUEST)
 
 
-def no_redis() -> APIStatusError:
-    """What Letta 0.16.8 answers to ``background=True`` when it has no Redis."""
-    message = "Background streaming requires Redis to be running."
-    return APIStatusError(message, response=httpx.Response(503, request=_REQUEST), body={"detail": message})
-
-
-class FakeStream:
-    """Chunks of one turn; with ``hold_after``, it pauses after that many until ``letta.go`` is set."""
-
-    def __init__(self, chunks: list[Any], letta: FakeLetta | None = None, hold_after: int | None = None) -> None:
-        self._chunks = chunks
-        self._letta = letta
-        self._hold_after = hold_after
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        for i, chunk in enumerate(self._chunks):
-            if i == self._hold_after and self._letta is not None:
-                await self._letta.go.wait()
-            yield chunk
-            await anyio.lowlevel.checkpoint()
-
-    async def close(self) -> None:
-        self.closed = True
+def _with_run(chunk: Any, run_id: str) -> Any:
+    return chunk.model_copy(update={"run_id": run_id}) if "run_id" in type(chunk).model_fields else chunk
 
 
 class FakeRun:
-    def __init__(self, run_id: str, agent_id: str, chunks: list[Any]) -> None:
+    """One foreground run: its chunks, how many were produced, and its status."""
+
+    def __init__(self, letta: FakeLetta, run_id: str, agent_id: str, chunks: list[Any]) -> None:
+        self._letta = letta
         self.id = run_id
         self.agent_id = agent_id
-        self.chunks = chunks
+        self.chunks = [_with_run(chunk, run_id) for chunk in chunks]
+        self.produced = 0
         self.status = "running"
-        self.background = True
+        self.stop_reason: str | None = None
+        self.cancelled = anyio.Event()
+
+    def held(self) -> bool:
+        """Still waiting at :attr:`FakeLetta.hold_after` for :attr:`FakeLetta.go`."""
+        hold = self._letta.hold_after
+        return hold is not None and not self._letta.go.is_set() and self.produced <= hold
+
+    def settle(self) -> None:
+        """A run nobody reads goes on by itself: it completes once nothing holds it."""
+        if self.status == "running" and self.orphaned and not self.held():
+            self.complete()
+
+    orphaned = False
+    """Its client closed the stream before the end."""
+
+    def complete(self) -> None:
+        if self.status == "running":
+            self.produced = len(self.chunks)
+            self.status, self.stop_reason = "completed", "end_turn"
+
+    def cancel(self) -> None:
+        if self.status == "running":
+            self.status, self.stop_reason = "cancelled", "cancelled"
+            self.cancelled.set()
+
+    def answer(self) -> str:
+        """The assistant text Letta has persisted for the run (what it produced)."""
+        return "".join(
+            ch.content for ch in self.chunks[: self.produced] if isinstance(ch, AssistantMessage)
+        )  # contents are plain strings here
+
+
+class FakeStream:
+    """The open stream of one run's chunks."""
+
+    def __init__(self, run: FakeRun, letta: FakeLetta) -> None:
+        self.run = run
+        self._letta = letta
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        run = self.run
+        for i, chunk in enumerate(run.chunks):
+            if i == self._letta.hold_after and run.status == "running":
+                await self._hold()
+            if run.status == "cancelled":
+                yield c.stop("cancelled")
+                return
+            run.produced = max(run.produced, i + 1)
+            yield chunk
+            await anyio.lowlevel.checkpoint()
+        run.complete()
+
+    async def _hold(self) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def until(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until, self._letta.go)
+            tg.start_soon(until, self.run.cancelled)
+
+    async def close(self) -> None:
+        self.closed = True
+        self.run.orphaned = True  # the client left: the run goes on without it
+        self.run.settle()
 
 
 class FakeRunMessages:
     def __init__(self, letta: FakeLetta) -> None:
         self._letta = letta
-        self.resumed: list[tuple[str, int]] = []
+        self.listed: list[str] = []
 
-    async def stream(self, run_id: str, *, starting_after: int = 0, **_: Any) -> FakeStream:
-        """As Letta replays a background run from Redis: every chunk after ``starting_after``."""
+    async def list(self, run_id: str, *, order: str = "asc", limit: int = 100, **_: Any) -> AsyncIterator[Any]:
+        self._letta.check()
         run = self._letta.runs.get(run_id)
         if run is None:
             raise not_found()
-        if not run.background:
-            message = "INVALID_ARGUMENT: Run was not created in background mode, so it cannot be retrieved."
-            raise APIStatusError(message, response=httpx.Response(400, request=_REQUEST), body={"detail": message})
-        self.resumed.append((run_id, starting_after))
-        seqs = [getattr(ch, "seq_id", None) for ch in run.chunks]
-        rest = run.chunks[seqs.index(starting_after) + 1 :] if starting_after else run.chunks
-        return FakeStream(rest, self._letta, self._letta.resume_hold_after)
+        self.listed.append(run_id)
+        run.settle()
+        # persisted per step: the reasoning and the whole assistant message, once produced
+        yield c.reasoning("Let me think.").model_copy(update={"run_id": run_id})
+        if run.answer():
+            yield c.assistant(run.answer()).model_copy(update={"run_id": run_id})
 
 
 class FakeRuns:
@@ -91,6 +148,7 @@ class FakeRuns:
         run = self._letta.runs.get(run_id)
         if run is None:
             raise not_found()
+        run.settle()
         return run
 
 
@@ -98,23 +156,22 @@ class FakeMessages:
     def __init__(self, letta: FakeLetta) -> None:
         self._letta = letta
         self.streams: list[FakeStream] = []
+        self.sent: list[tuple[str, str]] = []
+        """Every message that reached an agent: (agent id, text)."""
         self.cancelled: list[str] = []
+        """The agent of every cancel request."""
         self.reply = ["Hello", " student"]
 
     async def create(
-        self, agent_id: str, *, streaming: bool = False, background: Any = None, **kwargs: Any
+        self, agent_id: str, *, streaming: bool = False, input: str = "", **kwargs: Any
     ) -> LettaResponse | FakeStream:
         letta = self._letta
         letta.check(agent_id)
+        self.sent.append((agent_id, input))
         if streaming:
-            chunks = c.answer_turn(self.reply)
-            if background is True:
-                if not letta.redis:
-                    raise no_redis()
-                run_id = f"run-{next(letta.ids)}"
-                chunks = c.numbered(chunks, run_id)
-                letta.runs[run_id] = FakeRun(run_id, agent_id, chunks)
-            stream = FakeStream(chunks, letta, letta.hold_after)
+            run = FakeRun(letta, f"run-{next(letta.ids)}", agent_id, c.answer_turn(self.reply))
+            letta.runs[run.id] = run
+            stream = FakeStream(run, letta)
             self.streams.append(stream)
             return stream
         messages = [c.reasoning("hmm"), *[c.assistant(w) for w in self.reply]]
@@ -124,7 +181,7 @@ class FakeMessages:
         self.cancelled.append(agent_id)
         for run in self._letta.runs.values():
             if run.agent_id == agent_id and (not isinstance(run_ids, list) or run.id in run_ids):
-                run.status = "cancelled"
+                run.cancel()
         return {}
 
 
@@ -176,19 +233,12 @@ class FakeLetta:
         self.agents: dict[str, AgentState] = {}
         self.ids = itertools.count(1)
         self.down = False
-        self.redis = True
-        """Background mode works (Letta has Redis)."""
         self.runs: dict[str, FakeRun] = {}
         self.hold_after: int | None = None
-        """Streams pause after this many chunks until :attr:`go` is set (a turn still running)."""
-        self.resume_hold_after: int | None = None
+        """Runs pause before chunk ``hold_after`` until :attr:`go` is set (a turn still running)."""
         self.go = anyio.Event()
         self.agents_api = FakeAgents(self)
         self.runs_api = FakeRuns(self)
-
-    @property
-    def agents_resource(self) -> FakeAgents:
-        return self.agents_api
 
     def check(self, agent_id: str | None = None) -> None:
         if self.down:
@@ -205,7 +255,7 @@ class FakeLetta:
 
 
 def make_fake() -> Any:
-    """A FakeLetta whose ``.agents`` is the resource (its agent store is ``.store``)."""
+    """A FakeLetta whose ``.agents`` is the resource (its agent store, runs and switches are ``.store``)."""
     letta = FakeLetta()
     proxy = type("Letta", (), {})()
     proxy.agents = letta.agents_api

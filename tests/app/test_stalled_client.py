@@ -1,5 +1,6 @@
 """A client that stops reading, on real hypercorn: its stream ends after the send timeout, its run is
-cancelled, and no task is left waiting on its full socket buffer."""
+cancelled (at once with resume off, after the grace with it on), the agent is free, and no task is left
+waiting on its full socket buffer."""
 
 from __future__ import annotations
 
@@ -54,10 +55,15 @@ def responses_being_written(service: ServiceThread) -> int:
 def test_a_client_that_reads_nothing_is_cut_off_and_leaves_nothing_behind(resume: bool) -> None:
     letta = make_fake()
     letta.agents.messages.reply = [f" word{i}" * 20 for i in range(100_000)]  # ~14 MB: more than any socket buffer
+    letta.store.hold_after = 90_000  # the run is still going when the stream is cut off (~12 MB in)
     settings = Settings(send_timeout=SEND_TIMEOUT, throttle_window=0.0, resume=resume, resume_grace=0.5)
     app = create_app(settings, client=letta)
     with ServiceThread(app=app) as service:
         svc = app.extensions["letta_stream"]
+
+        def busy(agent_id: str) -> bool:
+            return service.run(svc.host.store.record(agent_id)) is not None
+
         agent_id = httpx.post(f"{service.url}/agents", json={"user_id": "ada"}).json()["agent_id"]
         time.sleep(0.5)  # the agent request's connection closes
         idle = service.task_count()
@@ -67,7 +73,7 @@ def test_a_client_that_reads_nothing_is_cut_off_and_leaves_nothing_behind(resume
             while time.monotonic() - began < 20 and (
                 not letta.agents.messages.cancelled
                 or service.task_count() > idle
-                or svc.guard.busy(agent_id)
+                or busy(agent_id)
                 or responses_being_written(service)
             ):
                 time.sleep(0.05)
@@ -77,6 +83,8 @@ def test_a_client_that_reads_nothing_is_cut_off_and_leaves_nothing_behind(resume
             assert responses_being_written(service) == 0  # not even the response's last write is left waiting
             assert service.task_count() <= idle
             assert letta.agents.messages.cancelled == [agent_id]  # at once, or after the resume grace
-            assert not svc.guard.busy(agent_id)
+            assert not busy(agent_id)
+            assert svc.host.running == 0
+            assert [run.status for run in letta.store.runs.values()] == ["cancelled"]
         finally:
             stalled.close()

@@ -1,23 +1,32 @@
-"""A stream's life around the pipeline: one turn per agent, metrics, request ids, and clean-up in every ending."""
+"""A stream's life around its turn: one turn per agent, the agent free the moment a turn is done,
+metrics, request ids, and a session's end of life (detach with a grace, or cancel at once)."""
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from quart import Quart
 
+from app.cancels import RunCanceller
 from app.metrics import StreamMetrics
 from app.services import EXTENSION, Services
 from app.sse_body import PipelineBody
+from app.store import LogFrame
+from app.store.memory import MemoryStore
 from app.stream_session import StreamSession
-from app.turns import TurnGuard
+from app.turn_host import TurnHost
+from app.turn_machine import Claim
 from pipeline.compose import open_pipeline
 from pipeline.encode import encode_sse
-from pipeline.events import Error, Text
-from pipeline.source import read_source
-from tests.pipeline.fakes import FakeStream, FakeTurn, endless
+from pipeline.events import Done, Error, Text
+from pipeline.sse import SSEEncoder, decode_events
+
+from .fake_letta import make_fake
 
 pytestmark = pytest.mark.anyio
 
@@ -33,24 +42,55 @@ async def new_agent(app: Quart, user: str) -> str:
     return agent_id
 
 
-async def test_second_message_while_a_turn_runs_is_409(app: Quart) -> None:
+async def test_second_message_while_a_turn_runs_is_409(app: Quart, letta: Any) -> None:
+    letta.store.hold_after = 3  # the first turn is still running
     agent_id = await new_agent(app, "busy")
-    svc(app).guard.claim(agent_id)  # a turn in progress
-    for path in ("/chat", "/chat/stream"):
-        response = await app.test_client().post(path, json={"agent_id": agent_id, "message": "again"})
-        assert response.status_code == 409, path
-        assert (await response.get_json())["error"] == "turn_in_progress"
-    assert svc(app).metrics.refused_busy == 2
+    body = json.dumps({"agent_id": agent_id, "message": "first"}).encode()
+    headers = {"Content-Type": "application/json"}
+    async with app.test_client().request("/chat/stream", method="POST", headers=headers) as connection:
+        await connection.send(body)
+        await connection.send_complete()
+        await connection.receive()  # the opening frame: the turn is claimed
+        for path in ("/chat", "/chat/stream"):
+            response = await app.test_client().post(path, json={"agent_id": agent_id, "message": "again"})
+            assert response.status_code == 409, path
+            assert (await response.get_json())["error"] == "turn_in_progress"
+        letta.store.go.set()
+    assert int(svc(app).metrics.refused) == 2
+    assert [text for _, text in letta.agents.messages.sent] == ["first"]  # the refused ones never reached it
+    assert "letta_stream_turns_refused_total 2.0" in await (await app.test_client().get("/metrics")).get_data(
+        as_text=True
+    )
 
 
-async def test_agent_is_free_again_after_each_kind_of_turn(app: Quart) -> None:
+async def test_agent_is_free_the_moment_each_kind_of_turn_is_done(app: Quart, letta: Any) -> None:
     agent_id = await new_agent(app, "free")
     client = app.test_client()
-    for path in ("/chat", "/chat/stream", "/chat"):
-        response = await client.post(path, json={"agent_id": agent_id, "message": "hi"})
-        await response.get_data()
-        assert response.status_code == 200
-        assert not svc(app).guard.busy(agent_id)
+    for path in ("/chat", "/chat/stream", "/chat/stream", "/chat"):
+        if path == "/chat":
+            response = await client.post(path, json={"agent_id": agent_id, "message": "hi"})
+            assert response.status_code == 200
+        else:
+            await stream_until_done(app, agent_id)  # the next message goes out before this body closes
+        assert await svc(app).host.store.record(agent_id) is None, path
+    assert len(letta.agents.messages.sent) == 6  # with the two sent right away
+
+
+async def stream_until_done(app: Quart, agent_id: str) -> None:
+    """Read a turn until its ``done`` event, then at once send the next message (no waiting, no race)."""
+    body = json.dumps({"agent_id": agent_id, "message": "hi"}).encode()
+    got = b""
+    async with app.test_client().request(
+        "/chat/stream", method="POST", headers={"Content-Type": "application/json"}
+    ) as connection:
+        await connection.send(body)
+        await connection.send_complete()
+        with anyio.fail_after(5):
+            while b'"type":"done"' not in got:
+                got += await connection.receive()
+        response = await app.test_client().post("/chat", json={"agent_id": agent_id, "message": "right away"})
+        assert response.status_code == 200  # not 409: the agent was released before `done` went out
+    assert isinstance(list(decode_events([got]))[-1], Done)
 
 
 async def test_metrics_count_streams_and_time_to_first_event(app: Quart) -> None:
@@ -72,68 +112,104 @@ async def test_request_id_is_echoed_or_made_up(app: Quart) -> None:
     assert len(response.headers["X-Request-Id"]) == 16
 
 
-def session(turn: Any, guard: TurnGuard, metrics: StreamMetrics) -> StreamSession:
-    guard.claim("agent-1")
-    return StreamSession("req", "agent-1", turn, guard, metrics)
+async def test_while_draining_new_streams_are_refused_with_503(app: Quart) -> None:
+    agent_id = await new_agent(app, "late")
+    svc(app).draining.set()
+    response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "hi"})
+    assert response.status_code == 503
+    assert (await response.get_json())["error"] == "shutting_down"
 
 
-async def test_body_never_entered_closes_the_turn_cancels_the_run_and_frees_the_agent() -> None:
-    guard, metrics, turn = TurnGuard(), StreamMetrics(), FakeTurn(endless(Text("x")))
-    s = session(turn, guard, metrics)
-    body = PipelineBody(open_pipeline(partial_source(turn.stream)), s.finalize)
+# ---------------------------------------------------------------- one session, without HTTP
+
+
+@attrs.define
+class RecordingCanceller(RunCanceller):
+    submitted: list[tuple[str, str | None]] = attrs.Factory(list)
+
+    def submit(self, agent_id: str, run_id: str | None) -> None:
+        self.submitted.append((agent_id, run_id))
+
+
+AGENT, TURN, READER = "agent-1", "turn-1", "conn-1"
+
+
+async def claimed(grace: float) -> tuple[StreamSession, TurnHost, RecordingCanceller, StreamMetrics]:
+    """A session of a turn claimed by this process (no runner: the session alone is under test)."""
+    canceller = RecordingCanceller(make_fake())
+    host = TurnHost(MemoryStore(), canceller, grace=30.0, lease=10.0)
+    await host.apply(AGENT, Claim(TURN, host.owner, READER, host.lease))
+    metrics = StreamMetrics()
+    return StreamSession("req", AGENT, TURN, READER, host, metrics, grace=grace), host, canceller, metrics
+
+
+def body_of(session: StreamSession, frames: list[LogFrame], *, send_timeout: float = 5.0) -> PipelineBody:
+    send, recv = anyio.create_memory_object_stream[LogFrame](len(frames) + 1)
+    for frame in frames:
+        send.send_nowait(frame)
+    send.close()
+    session.attach_live(recv)
+    pipeline = open_pipeline(partial(session.source, session.live()), partial(encode_sse, send_timeout=send_timeout))
+    return PipelineBody(pipeline, session.finalize)
+
+
+def frame(seq: int, event: Any) -> LogFrame:
+    return LogFrame(seq, SSEEncoder(retry_ms=None).encode(event), isinstance(event, (Done, Error)))
+
+
+async def test_body_never_entered_detaches_the_turn_with_its_grace() -> None:
+    session, host, canceller, metrics = await claimed(grace=5.0)
+    body = body_of(session, [frame(1, Text("x"))])
     await body.abandon()
     await body.abandon()  # at most once
-    assert turn.closed
-    assert turn.cancelled
-    assert not guard.busy("agent-1")
+    record = await host.store.record(AGENT)
+    assert record is not None
+    assert record.reader is None
+    assert record.deadline is not None
+    assert 4.0 < record.deadline - await host.store.clock() <= 5.0
+    assert canceller.submitted == []  # the run goes on: the client may come back
     assert metrics.ended == {"finished": 0, "cancelled": 1, "errored": 0}
 
 
-async def test_a_stalled_client_ends_the_body_quietly_and_frees_everything() -> None:
-    guard, metrics = TurnGuard(), StreamMetrics()
-    stream = endless(Text("x"))
-    s = session(FakeTurn(stream), guard, metrics)
-    pipeline = open_pipeline(partial_source(stream), _encode_with_timeout)
+async def test_body_never_entered_with_resume_off_cancels_the_run_at_once() -> None:
+    session, host, canceller, metrics = await claimed(grace=0.0)
+    await body_of(session, [frame(1, Text("x"))]).abandon()
+    assert canceller.submitted == [(AGENT, None)]
+    record = await host.store.record(AGENT)
+    assert record is not None
+    assert record.stopping
+    assert metrics.ended["cancelled"] == 1
+
+
+async def test_a_finished_stream_does_not_detach() -> None:
+    session, host, canceller, metrics = await claimed(grace=5.0)
+    async with body_of(session, [frame(1, Text("x")), frame(2, Done("end_turn"))]) as body:
+        got = b"".join([chunk async for chunk in body])
+    assert b"retry: 3000\nid: turn-1:0\n" in got
+    assert b'"type":"done"' in got
+    record = await host.store.record(AGENT)
+    assert record is not None
+    assert record.reader == READER
+    assert metrics.ended["finished"] == 1
+    assert canceller.submitted == []
+
+
+async def test_a_stalled_client_ends_the_body_quietly_and_detaches() -> None:
+    session, host, _canceller, metrics = await claimed(grace=5.0)
     with anyio.fail_after(10):
-        async with PipelineBody(pipeline, s.finalize) as body:
+        async with body_of(session, [frame(n, Text("x")) for n in range(1, 50)], send_timeout=0.05) as body:
             async for _ in body:
                 await anyio.sleep_forever()  # never take another frame
-    assert stream.closed
-    assert not guard.busy("agent-1")
+    record = await host.store.record(AGENT)
+    assert record is not None
+    assert record.reader is None
+    assert record.deadline is not None
     assert metrics.ended["cancelled"] == 1
 
 
 async def test_an_error_event_counts_as_errored() -> None:
-    guard, metrics = TurnGuard(), StreamMetrics()
-    stream = FakeStream([Text("x"), Error("boom", "llm_api_error")])
-    s = session(FakeTurn(stream), guard, metrics)
-    from functools import partial
-
-    from pipeline.tap import tap
-
-    async with PipelineBody(
-        open_pipeline(partial_source(stream), partial(tap, observe=s.observe), encode_sse), s.finalize
-    ) as body:
+    session, _, _, metrics = await claimed(grace=5.0)
+    async with body_of(session, [frame(1, Text("x")), frame(2, Error("boom", "llm_api_error"))]) as body:
         frames = [f async for f in body]
-    assert len(frames) == 2
+    assert len(frames) == 3  # the opening frame, the text, the error
     assert metrics.ended["errored"] == 1
-
-
-def partial_source(stream: FakeStream) -> Any:
-    from functools import partial
-
-    return partial(read_source, stream)
-
-
-async def _encode_with_timeout(recv: Any, send: Any) -> None:
-    await encode_sse(recv, send, send_timeout=0.05)
-
-
-async def test_while_draining_new_streams_are_refused_with_503(app: Quart) -> None:
-    agent_id = await new_agent(app, "late")
-    draining = svc(app).draining
-    assert draining is not None
-    draining.set()
-    response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "hi"})
-    assert response.status_code == 503
-    assert (await response.get_json())["error"] == "shutting_down"

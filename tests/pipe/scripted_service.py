@@ -37,18 +37,25 @@ def encode(events: list[Event], *, first: bool = True) -> bytes:
     return b"".join(encoder.encode(e) for e in events)
 
 
-RUN = "run-7"
+TURN = "turn-7"
 RESUMABLE: list[Event] = [
-    Keepalive(cursor=f"{RUN}:0"),
-    Status("Thinking...", cursor=f"{RUN}:0"),
-    Reasoning("Hmm.", cursor=f"{RUN}:1"),
-    Text("Hello", cursor=f"{RUN}:2"),
-    Text(", stu", cursor=f"{RUN}:3"),
+    Keepalive(cursor=f"{TURN}:0"),
+    Status("Thinking...", cursor=f"{TURN}:1"),
+    Reasoning("Hmm.", cursor=f"{TURN}:2"),
+    Text("Hello", cursor=f"{TURN}:3"),
+    Text(", stu", cursor=f"{TURN}:4"),
 ]
-"""The first connection of a turn that drops: it ends in the middle of the next frame."""
-REST: list[Event] = [Text("dent", cursor=f"{RUN}:4"), Done("end_turn", cursor=f"{RUN}:6")]
-"""What the service sends when that turn resumes after ``run-7:3``."""
-CUT = b'id: run-7:4\nevent: message\ndata: {"type":"message","con'
+"""The first connection of a turn that drops (ids ``<turn id>:<seq>``, as the service numbers frames): it
+ends in the middle of the next frame."""
+REST: list[Event] = [Text("dent", cursor=f"{TURN}:5"), Done("end_turn", cursor=f"{TURN}:6")]
+"""The rest of that turn, frame by frame."""
+CUT = b'id: turn-7:9\nevent: message\ndata: {"type":"message","con'
+
+
+def after(last_id: str, events: list[Event]) -> list[Event]:
+    """The frames after ``last_id``, as the service replays a turn's log."""
+    seq = int(last_id.rpartition(":")[2])
+    return [e for e in events if e.cursor is not None and int(e.cursor.rpartition(":")[2]) > seq]
 
 
 SCENARIOS: dict[str, bytes] = {
@@ -98,9 +105,9 @@ def create_app() -> Quart:
             if resume_from is None:
                 data = encode(RESUMABLE) + CUT
             elif scenario == "drop":
-                data = encode(REST, first=False)
-            else:  # the resumed stream drops too
-                data = encode(REST[:1], first=False) + CUT
+                data = encode(after(resume_from, RESUMABLE + REST), first=False)
+            else:  # every resumed stream drops too, before the end
+                data = encode(after(resume_from, RESUMABLE + REST[:1]), first=False) + CUT
             scenario = "bytes"
         if scenario == "stop-me":
             encoder = SSEEncoder()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from devstack.service_thread import ServiceThread, free_port
+from pipe.letta_pipe import MAX_RESUMES
 
 from .harness import make_pipe, run_pipe
 
@@ -146,7 +147,7 @@ async def test_token_valve_is_sent_as_bearer(scripted: ServiceThread, calls: lis
 async def test_a_dropped_stream_is_resumed_once_from_the_last_id(scripted: ServiceThread, calls: list[Any]) -> None:
     outcome = await run_pipe(make_pipe(scripted.url), "drop")
     assert [name for name, _ in calls] == ["agents", "stream", "resume"]
-    assert calls[2][1] == "run-7:3"  # the id of the last complete frame, not of the cut one
+    assert calls[2][1] == "turn-7:4"  # the id of the last complete frame, not of the cut one
     assert outcome.content == "Hello, student"
     assert outcome.reasoning == "Hmm."
     assert outcome.statuses[-1] == status("Done", done=True, hidden=True)
@@ -154,8 +155,9 @@ async def test_a_dropped_stream_is_resumed_once_from_the_last_id(scripted: Servi
 
 async def test_a_stream_that_drops_again_after_resuming_is_reported(scripted: ServiceThread, calls: list[Any]) -> None:
     outcome = await run_pipe(make_pipe(scripted.url), "drop-twice")
-    assert [name for name, _ in calls] == ["agents", "stream", "resume"]
-    assert outcome.content.startswith("Hello, student\n\n⚠️")  # what arrived stays; one reconnect only
+    assert [name for name, _ in calls] == ["agents", "stream"] + ["resume"] * MAX_RESUMES
+    assert [last_id for name, last_id in calls if name == "resume"] == ["turn-7:4"] + ["turn-7:5"] * (MAX_RESUMES - 1)
+    assert outcome.content.startswith("Hello, student\n\n⚠️")  # what arrived stays, once; then it gives up
     assert "interrupted" in outcome.content
 
 
@@ -167,4 +169,4 @@ async def test_a_stream_without_positions_is_not_resumed(scripted: ServiceThread
 async def test_the_stop_button_asks_the_service_to_cancel_the_turn(scripted: ServiceThread, calls: list[Any]) -> None:
     outcome = await run_pipe(make_pipe(scripted.url), "stop-me", stop_after_chunks=2)
     assert outcome.statuses[-1] == status("Stopped", done=True, hidden=True)
-    assert calls[-1] == ("cancel", {"agent_id": "agent-student-1", "user_id": "student-1", "run_id": "run-7"})
+    assert calls[-1] == ("cancel", {"agent_id": "agent-student-1", "user_id": "student-1"})
