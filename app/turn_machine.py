@@ -71,8 +71,13 @@ class TurnRecord:
         return self.lease_until + grace
 
     def expires_at(self, grace: float, margin: float = 60.0) -> float:
-        """When the store may forget the record for good (a safety net: every key has an end)."""
-        return self.check_at(grace) + margin
+        """When the store may forget the record for good (a safety net: every key has an end).
+
+        Never while the owner's lease lasts: a detached turn whose deadline was not acted on
+        in time must not vanish under a live runner (it would leave its run going in Letta
+        while the agent looks idle, and a new message would run beside it).
+        """
+        return max(self.check_at(grace), self.lease_until) + margin
 
 
 # ---------------------------------------------------------------- inputs
