@@ -234,6 +234,15 @@ def _stay(record: TurnRecord | None, *effects: Effect) -> Transition:
     return Transition(record, effects)
 
 
+def _cancel(agent_id: str, run_id: str | None) -> tuple[Effect, ...]:
+    """Cancel ``run_id`` — never "the agent's current run": that may already be the next turn's.
+
+    A run not known yet is cancelled when the runner learns it (``Started`` of a stopping turn);
+    one nobody will ever learn (its runner died before the first chunk) is left to Letta's own limit.
+    """
+    return () if run_id is None else (Cancel(agent_id, run_id),)
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -276,7 +285,7 @@ def _claim(record: TurnRecord | None, event: Claim, agent_id: str, now: float) -
     if record.owned(now):
         return _stay(record, Refused(record.turn_id))
     # its process died or drained and nobody took it over: the student moved on; stop the old run
-    return _stay(fresh, Cancel(record.agent_id, record.run_id))
+    return _stay(fresh, *_cancel(record.agent_id, record.run_id))
 
 
 def _detach(record: TurnRecord, event: Detach, now: float) -> Transition:
@@ -285,7 +294,7 @@ def _detach(record: TurnRecord, event: Detach, now: float) -> Transition:
     if record.stopping:
         return _stay(attrs.evolve(record, reader=None))
     if event.grace <= 0:
-        return _stay(attrs.evolve(record, reader=None, stopping=True), Cancel(record.agent_id, record.run_id))
+        return _stay(attrs.evolve(record, reader=None, stopping=True), *_cancel(record.agent_id, record.run_id))
     return _stay(attrs.evolve(record, reader=None, deadline=now + event.grace))
 
 
@@ -306,25 +315,26 @@ def _adopt(record: TurnRecord | None, event: Adopt, now: float) -> Transition:
 
 def _stop(record: TurnRecord | None, event: Stop, agent_id: str, now: float) -> Transition:
     if record is None:
-        return _stay(None, Cancel(agent_id, event.run_id))  # nothing of ours runs: ask Letta anyway
-    cancel = Cancel(record.agent_id, record.run_id or event.run_id)
+        return _stay(None, *_cancel(agent_id, event.run_id))  # nothing of ours runs: ask Letta anyway
+    if event.run_id is not None and record.run_id is not None and event.run_id != record.run_id:
+        return _stay(record, *_cancel(agent_id, event.run_id))  # a late stop of an older run: not this turn
+    cancel = _cancel(record.agent_id, record.run_id or event.run_id)
     if not record.owned(now):
-        return _stay(None, cancel)  # nobody will finish it: free the agent now
+        return _stay(None, *cancel)  # nobody will finish it: free the agent now
     if record.stopping:
         return _stay(record)
     # run id unknown yet: the cancel goes out when the runner learns it (``Started``)
-    effects = (cancel,) if cancel.run_id is not None else ()
-    return _stay(attrs.evolve(record, stopping=True, deadline=None), *effects)
+    return _stay(attrs.evolve(record, stopping=True, deadline=None), *cancel)
 
 
 def _expire(record: TurnRecord | None, event: Expire, now: float) -> Transition:
     if record is None:
         return _stay(None)
-    cancel = Cancel(record.agent_id, record.run_id)
+    cancel = _cancel(record.agent_id, record.run_id)
     if not record.owned(now):
         if now < record.check_at(event.grace):
             return _stay(record)  # a client may still resume it and take it over
-        return _stay(None, cancel)
+        return _stay(None, *cancel)
     if record.deadline is None or now < record.deadline or record.stopping:
         return _stay(record)
-    return _stay(attrs.evolve(record, deadline=None, stopping=True), cancel)
+    return _stay(attrs.evolve(record, deadline=None, stopping=True), *cancel)

@@ -20,7 +20,7 @@ from app.store import LogFrame
 from app.store.memory import MemoryStore
 from app.stream_session import StreamSession
 from app.turn_host import TurnHost
-from app.turn_machine import Claim
+from app.turn_machine import Claim, Started
 from pipeline.compose import open_pipeline
 from pipeline.encode import encode_sse
 from pipeline.events import Done, Error, Text
@@ -174,10 +174,12 @@ async def test_body_never_entered_detaches_the_turn_with_its_grace() -> None:
 async def test_body_never_entered_with_resume_off_cancels_the_run_at_once() -> None:
     session, host, canceller, metrics = await claimed(grace=0.0)
     await body_of(session, [frame(1, Text("x"))]).abandon()
-    assert canceller.submitted == [(AGENT, None)]
+    assert canceller.submitted == []  # the run is not known yet: it is cancelled as soon as it is
     record = await host.store.record(AGENT)
     assert record is not None
     assert record.stopping
+    await host.apply(AGENT, Started(record.turn_id, "run-1"))
+    assert canceller.submitted == [(AGENT, "run-1")]
     assert metrics.ended["cancelled"] == 1
 
 

@@ -84,7 +84,7 @@ CASES: list[Any] = [
     pytest.param(None, Renew("turn-1", "proc-A", LEASE), LIVE, None, (Lost("turn-1"),), id="idle-renew-lost"),
     pytest.param(None, Detach("turn-1", "conn-1", GRACE), LIVE, None, (), id="idle-detach-ignored"),
     pytest.param(None, Adopt("turn-1", "conn-2", "proc-B", LEASE), LIVE, None, (Replay("turn-1"),), id="idle-adopt-replays-the-log"),
-    pytest.param(None, Stop(), LIVE, None, (cancel(None),), id="idle-stop-asks-letta-anyway"),
+    pytest.param(None, Stop(), LIVE, None, (), id="idle-stop-without-run-id-cancels-nothing"),
     pytest.param(None, Stop("run-9"), LIVE, None, (cancel("run-9"),), id="idle-stop-with-run-id"),
     pytest.param(None, Expire(GRACE), LIVE, None, (), id="idle-expire-noop"),
     pytest.param(None, Finish("turn-1", "proc-A"), LIVE, None, (), id="idle-finish-noop"),
@@ -100,7 +100,7 @@ CASES: list[Any] = [
     pytest.param(ATTACHED, Renew("turn-0", "proc-A", LEASE), LIVE, ATTACHED, (Lost("turn-0"),), id="attached-renew-stale-turn-lost"),
     pytest.param(ATTACHED, Detach("turn-1", "conn-1", GRACE), LIVE, attrs.evolve(ATTACHED, reader=None, deadline=LIVE + GRACE), (), id="attached-detach-starts-grace"),
     pytest.param(ATTACHED, Detach("turn-1", "conn-1", 0.0), LIVE, attrs.evolve(ATTACHED, reader=None, stopping=True), (cancel(),), id="attached-detach-no-grace-cancels"),
-    pytest.param(STARTING, Detach("turn-1", "conn-1", 0.0), LIVE, attrs.evolve(STARTING, reader=None, stopping=True), (cancel(None),), id="attached-detach-no-grace-before-run-id"),
+    pytest.param(STARTING, Detach("turn-1", "conn-1", 0.0), LIVE, attrs.evolve(STARTING, reader=None, stopping=True), (), id="attached-detach-no-grace-before-run-id"),
     pytest.param(ATTACHED, Detach("turn-1", "conn-9", 0.0), LIVE, ATTACHED, (), id="attached-detach-by-other-reader-ignored"),
     pytest.param(ATTACHED, Detach("turn-0", "conn-1", 0.0), LIVE, ATTACHED, (), id="attached-detach-stale-turn-ignored"),
     pytest.param(ATTACHED, Adopt("turn-1", "conn-2", "proc-B", LEASE), LIVE, attrs.evolve(ATTACHED, reader="conn-2"), (Superseded("conn-1"), Follow("turn-1")), id="attached-adopt-supersedes-and-follows"),
@@ -129,7 +129,7 @@ CASES: list[Any] = [
     pytest.param(DETACHED, Expire(GRACE), LIVE, DETACHED, (), id="detached-expire-before-deadline-noop"),
     pytest.param(DETACHED_RENEWED, Expire(GRACE), 120.0, attrs.evolve(DETACHED_RENEWED, deadline=None, stopping=True), (cancel(),), id="detached-expire-at-deadline-cancels"),
     pytest.param(DETACHED_RENEWED, Expire(GRACE), 125.0, attrs.evolve(DETACHED_RENEWED, deadline=None, stopping=True), (cancel(),), id="detached-expire-after-deadline-cancels"),
-    pytest.param(attrs.evolve(DETACHED_RENEWED, run_id=None), Expire(GRACE), 125.0, attrs.evolve(DETACHED_RENEWED, run_id=None, deadline=None, stopping=True), (cancel(None),), id="detached-expire-before-run-id"),
+    pytest.param(attrs.evolve(DETACHED_RENEWED, run_id=None), Expire(GRACE), 125.0, attrs.evolve(DETACHED_RENEWED, run_id=None, deadline=None, stopping=True), (), id="detached-expire-before-run-id"),
     pytest.param(DETACHED, Finish("turn-1", "proc-A"), LIVE, None, (), id="detached-finish-frees"),
     pytest.param(DETACHED, Finish("turn-0", "proc-A"), LIVE, DETACHED, (), id="detached-finish-stale-turn-ignored"),
     pytest.param(DETACHED, Drain("turn-1", "proc-A", GRACE), LIVE, attrs.evolve(DETACHED, owner=None, lease_until=LIVE, deadline=LIVE + GRACE), (), id="detached-drain-hands-off"),
@@ -150,7 +150,7 @@ CASES: list[Any] = [
     pytest.param(STOPPING, Drain("turn-1", "proc-A", GRACE), LIVE, attrs.evolve(STOPPING, owner=None, lease_until=LIVE, reader=None, deadline=LIVE + GRACE), (), id="stopping-drain-keeps-stopping"),
     # ---------------------------------------------------------- orphaned: the owner's lease ran out (it died)
     pytest.param(ORPHANED, Claim("turn-2", "proc-B", "conn-2", LEASE), DEAD, fresh("turn-2", DEAD), (cancel(),), id="orphaned-claim-cancels-old-run-and-starts"),
-    pytest.param(attrs.evolve(ORPHANED, run_id=None), Claim("turn-2", "proc-B", "conn-2", LEASE), DEAD, fresh("turn-2", DEAD), (cancel(None),), id="orphaned-claim-before-run-id"),
+    pytest.param(attrs.evolve(ORPHANED, run_id=None), Claim("turn-2", "proc-B", "conn-2", LEASE), DEAD, fresh("turn-2", DEAD), (), id="orphaned-claim-before-run-id"),
     pytest.param(ORPHANED, Claim("turn-2", "proc-B", "conn-2", LEASE), 110.0, fresh("turn-2", 110.0), (cancel(),), id="orphaned-claim-at-lease-end"),
     pytest.param(attrs.evolve(ORPHANED, run_id=None), Started("turn-1", "run-1"), DEAD, ORPHANED, (), id="orphaned-started-records-run"),
     pytest.param(ORPHANED, Renew("turn-1", "proc-A", LEASE), DEAD, attrs.evolve(ORPHANED, lease_until=DEAD + LEASE), (), id="orphaned-renew-by-late-owner-revives"),
@@ -162,7 +162,8 @@ CASES: list[Any] = [
     pytest.param(attrs.evolve(ORPHANED, run_id=None), Adopt("turn-1", "conn-1", "proc-B", LEASE), DEAD, attrs.evolve(ORPHANED, run_id=None, owner="proc-B", lease_until=DEAD + LEASE), (TakeOver("turn-1", None),), id="orphaned-adopt-before-run-id"),
     pytest.param(ORPHANED, Adopt("turn-0", "conn-2", "proc-B", LEASE), DEAD, ORPHANED, (Replay("turn-0"),), id="orphaned-adopt-stale-turn-replays"),
     pytest.param(ORPHANED, Stop(), DEAD, None, (cancel(),), id="orphaned-stop-cancels-and-frees"),
-    pytest.param(STOPPING_NO_RUN, Stop(), DEAD, None, (cancel(None),), id="orphaned-stopping-stop-again-frees"),
+    pytest.param(STOPPING_NO_RUN, Stop(), DEAD, None, (), id="orphaned-stopping-stop-again-frees"),
+    pytest.param(ATTACHED, Stop("run-0"), LIVE, ATTACHED, (cancel("run-0"),), id="attached-late-stop-of-an-older-run-spares-this-turn"),
     pytest.param(ORPHANED, Expire(GRACE), DEAD, ORPHANED, (), id="orphaned-expire-within-grace-noop"),
     pytest.param(ORPHANED, Expire(GRACE), 140.0, None, (cancel(),), id="orphaned-expire-after-lease-and-grace-cancels"),
     pytest.param(STOPPING, Expire(GRACE), 140.0, None, (cancel(),), id="orphaned-stopping-expire-frees"),
@@ -555,8 +556,9 @@ def check_transition(
         assert post.run_id is None
         assert not post.stopping
         assert post.deadline is None
-        if pre is not None:  # the old turn's run is cancelled: nobody will read it
-            assert effect_cancels == [Cancel(AGENT, pre.run_id)]
+        if pre is not None:  # the old turn's run is cancelled (never "the agent's current run": the new turn's)
+            assert effect_cancels == ([Cancel(AGENT, pre.run_id)] if pre.run_id is not None else [])
+    assert all(c.run_id is not None for c in effect_cancels)
 
     # inputs of a turn that is not the current one change nothing
     if isinstance(event, Started | Renew | Detach | Finish | Drain | Adopt) and (
@@ -604,9 +606,11 @@ def check_transition(
 
     # the stop button always reaches Letta, or waits for the run id with the record stopping
     if isinstance(event, Stop):
-        assert effect_cancels or (
-            post is not None and post.stopping and (pre is not None and (pre.stopping or pre.run_id is None))
-        )
+        assert (
+            effect_cancels
+            or (post is not None and post.stopping and pre is not None and (pre.stopping or pre.run_id is None))
+            or ((pre is None or not pre.owned(now)) and (pre is None or pre.run_id is None) and event.run_id is None)
+        )  # nothing to cancel yet is remembered, except a run nobody will ever learn
 
     # without renewals, every turn is given up by its check time: no agent stays busy forever
     if post is not None:
