@@ -63,6 +63,7 @@ def create_app(
         grace=settings.resume_grace,
         lease=settings.turn_lease,
         drain_seconds=settings.drain_seconds,
+        metrics=metrics_,
     )
     svc = Services(
         settings,

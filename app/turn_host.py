@@ -35,6 +35,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from .cancels import RunCanceller
+from .metrics import StreamMetrics
 from .store import TurnStore
 from .turn_machine import Cancel, Drain, Expire, Input, Lost, Renew, Superseded, Transition
 
@@ -73,6 +74,7 @@ class TurnHost:
     drain_seconds: float = 8.0
     """When the host stops, how long turns running here may take to end before they are handed off."""
     owner: str = attrs.Factory(process_id)
+    metrics: StreamMetrics | None = None
     _tg: TaskGroup | None = attrs.field(default=None, init=False)
     _owned: dict[str, _Owned] = attrs.field(factory=dict, init=False)
     _readers: dict[str, anyio.CancelScope] = attrs.field(factory=dict, init=False)
@@ -81,6 +83,8 @@ class TurnHost:
     async def apply(self, agent_id: str, event: Input) -> Transition:
         """Apply ``event`` to the agent's shared record; perform ``Cancel`` and ``Superseded``."""
         transition = await self.store.apply(agent_id, event, grace=self.grace)
+        if self.metrics is not None and transition.detached_delta:
+            self.metrics.detached(transition.detached_delta)
         for effect in transition.effects:
             if isinstance(effect, Cancel):
                 log.info(

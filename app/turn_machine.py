@@ -225,9 +225,20 @@ class Transition:
 
     record: TurnRecord | None
     effects: tuple[Effect, ...] = ()
+    previous: TurnRecord | None = attrs.field(default=None, eq=False)
+    """The record before (for observers, e.g. the gauge of detached turns)."""
+
+    @property
+    def detached_delta(self) -> int:
+        """+1 when the turn became detached (no reader, waiting), -1 when it stopped being so, else 0."""
+        return int(_waiting(self.record)) - int(_waiting(self.previous))
 
     def first(self, kind: type[Effect]) -> Effect | None:
         return next((e for e in self.effects if isinstance(e, kind)), None)
+
+
+def _waiting(record: TurnRecord | None) -> bool:
+    return record is not None and record.reader is None and record.deadline is not None and not record.stopping
 
 
 def _stay(record: TurnRecord | None, *effects: Effect) -> Transition:
@@ -248,6 +259,10 @@ def _cancel(agent_id: str, run_id: str | None) -> tuple[Effect, ...]:
 
 def step(record: TurnRecord | None, event: Input, agent_id: str, now: float) -> Transition:
     """The agent's record after ``event`` at ``now``, and the effects to perform."""
+    return attrs.evolve(_step(record, event, agent_id, now), previous=record)
+
+
+def _step(record: TurnRecord | None, event: Input, agent_id: str, now: float) -> Transition:
     if isinstance(event, Claim):
         return _claim(record, event, agent_id, now)
     if isinstance(event, Stop):

@@ -244,7 +244,10 @@ async def test_a_client_back_within_the_grace_keeps_its_run(held: Any) -> None:
     async with quart.test_app():
         agent_id = await new_agent(quart)
         first = await drop_mid_answer(quart, agent_id)
+        metrics = quart.extensions["letta_stream"].metrics
+        assert metrics.detached_turns == 1  # waiting for its client
         async with streaming(quart, agent_id, 0, last_id=first.last_id) as (connection, second):
+            assert metrics.detached_turns == 0  # adopted
             await anyio.sleep(1.0)  # the first grace is long over
             assert held.agents.messages.cancelled == []
             assert runs(held) == ["running"]
