@@ -247,7 +247,8 @@ async def _kill_runner(replicas: Replicas, letta_stack: LocalStack, agent_id: st
         record = await store.record(agent_id)
     finally:
         await store.aclose()
-    assert record is not None and record.owner is not None, "the turn's record is in Redis"
+    assert record is not None, "the turn's record is in Redis"
+    assert record.owner is not None
     owner_pid = int(record.owner.split(":")[1])
     for i, service in enumerate(replicas.services):
         if owner_pid in service.worker_pids() or owner_pid == service.pid:
