@@ -14,6 +14,9 @@
 //   timeoutMs      give up waiting for the answer after this long (default 120000)
 //   settleMs       after the stream ends, wait this long before the final read (default 1000)
 //   executablePath browser binary (default /usr/bin/chromium)
+//   traceText      sample the last assistant message inside the page every traceIntervalMs (default 100)
+//                  from the send until the answer ends, with a page timer (not disturbed by this script's
+//                  polling or screenshots); adds the textTrace report field
 //
 // Prints exactly ONE JSON object on stdout; exits 0 when the run completed (whatever it observed),
 // 1 on a harness error ("ok": false, "error": stack trace). Fields:
@@ -28,6 +31,12 @@
 //   timings        {loginMs, sentMs, firstStatusMs, firstTextMs, streamEndMs, totalMs}
 //   screenshots[]  PNG paths (status, streaming, final|stopped, reload, error)
 //   consoleErrors[] browser console errors (first 20)
+//   textTrace      (traceText only) {intervalMs, ticks, maxTickGapMs (the page timer's worst delay),
+//                  states[] (each distinct answer text: {tMs, length, words}), distinctStates,
+//                  firstTextMs, lastTextMs, gapMs {median, p90, max} between text changes,
+//                  wordsPerChange {median, mean, max}, thinkingStatusMs (the status line reading
+//                  "Thinking..." on screen), thinkingReasoningMs (the reasoning block's own "Thinking"
+//                  header), thinkingBothMs (both at once), statusLines[] ({text, fromMs, toMs})}
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -68,6 +77,8 @@ function readArgs() {
     timeoutMs: 120000,
     settleMs: 1000,
     executablePath: '/usr/bin/chromium',
+    traceText: false,
+    traceIntervalMs: 100,
     ...args,
   };
 }
@@ -112,6 +123,101 @@ function snapshotInPage() {
     text,
     done: !!root.querySelector('.copy-response-button'),
     stopVisible,
+  };
+}
+
+// Runs in the page (as source text): every intervalMs, record the last assistant message when it changed.
+function installTracer(snapshot, intervalMs) {
+  const trace = { intervalMs, t0: performance.now(), ticks: 0, maxTickGapMs: 0, changes: [] };
+  let lastKey = null;
+  let lastTick = null;
+  trace.timer = setInterval(() => {
+    const now = performance.now();
+    if (lastTick !== null) trace.maxTickGapMs = Math.max(trace.maxTickGapMs, now - lastTick);
+    lastTick = now;
+    trace.ticks += 1;
+    const s = snapshot();
+    if (!s.present) return;
+    const key = JSON.stringify([s.text, s.status, s.reasoning, s.done, s.stopVisible]);
+    if (key === lastKey) return;
+    lastKey = key;
+    trace.changes.push({
+      tMs: Math.round(now - trace.t0),
+      text: s.text,
+      status: s.status,
+      reasoning: s.reasoning,
+      done: s.done,
+      stopVisible: s.stopVisible,
+    });
+  }, intervalMs);
+  window.__lettaStreamTrace = trace;
+}
+
+// Runs in the page: stop the tracer, return what it recorded.
+function collectTrace() {
+  const trace = window.__lettaStreamTrace;
+  if (!trace) return null;
+  clearInterval(trace.timer);
+  const { timer, ...rest } = trace;
+  return { ...rest, endMs: Math.round(performance.now() - trace.t0) };
+}
+
+const wordCount = (text) => (text.trim() ? text.trim().split(/\s+/).length : 0);
+
+function quantile(sorted, q) {
+  if (!sorted.length) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+// The figures of a trace: how the answer grew, and how long each "Thinking" indicator was on screen.
+function analyseTrace(raw) {
+  const changes = raw.changes;
+  const states = [];
+  for (const c of changes) {
+    if (c.text && (!states.length || c.text !== states[states.length - 1].text)) {
+      states.push({ tMs: c.tMs, text: c.text });
+    }
+  }
+  const gaps = states.slice(1).map((s, i) => s.tMs - states[i].tMs);
+  const words = states.map((s) => wordCount(s.text));
+  const perChange = words.map((w, i) => w - (i ? words[i - 1] : 0));
+  const sortedGaps = [...gaps].sort((a, b) => a - b);
+  const sortedWords = [...perChange].sort((a, b) => a - b);
+  // Each change's state lasts until the next change (the last one until the trace ended).
+  let thinkingStatusMs = 0;
+  let thinkingReasoningMs = 0;
+  let thinkingBothMs = 0;
+  const statusLines = [];
+  changes.forEach((c, i) => {
+    const until = i + 1 < changes.length ? changes[i + 1].tMs : raw.endMs;
+    const span = until - c.tMs;
+    const statusThinking = /^Thinking/i.test(c.status ?? '');
+    const reasoningThinking = /^Thinking/i.test(c.reasoning ?? '');
+    if (statusThinking) thinkingStatusMs += span;
+    if (reasoningThinking) thinkingReasoningMs += span;
+    if (statusThinking && reasoningThinking) thinkingBothMs += span;
+    const last = statusLines[statusLines.length - 1];
+    if (c.status && last && last.text === c.status && last.toMs === c.tMs) last.toMs = until;
+    else if (c.status) statusLines.push({ text: c.status, fromMs: c.tMs, toMs: until });
+  });
+  return {
+    intervalMs: raw.intervalMs,
+    ticks: raw.ticks,
+    maxTickGapMs: Math.round(raw.maxTickGapMs),
+    states: states.map((s, i) => ({ tMs: s.tMs, length: s.text.length, words: words[i] })),
+    distinctStates: states.length,
+    firstTextMs: states.length ? states[0].tMs : null,
+    lastTextMs: states.length ? states[states.length - 1].tMs : null,
+    gapMs: { median: quantile(sortedGaps, 0.5), p90: quantile(sortedGaps, 0.9), max: sortedGaps.at(-1) ?? null },
+    wordsPerChange: {
+      median: quantile(sortedWords, 0.5),
+      mean: perChange.length ? words.at(-1) / perChange.length : null,
+      max: sortedWords.at(-1) ?? null,
+    },
+    thinkingStatusMs,
+    thinkingReasoningMs,
+    thinkingBothMs,
+    statusLines,
   };
 }
 
@@ -190,6 +296,9 @@ async function main() {
     await page.click(SEL.sendButton);
     const tSend = Date.now();
     out.timings.sentMs = since();
+    if (args.traceText) {
+      await page.evaluate(`(${installTracer})(${snapshotInPage}, ${Number(args.traceIntervalMs)})`);
+    }
 
     // Sample while streaming.
     let last = null;
@@ -243,6 +352,11 @@ async function main() {
       await page.waitForTimeout(args.sampleIntervalMs);
     }
     out.timings.streamEndMs = Date.now() - tSend;
+    if (args.traceText) {
+      const raw = await page.evaluate(collectTrace);
+      if (!raw) throw new Error('the text tracer was lost (did the page navigate?)');
+      out.textTrace = analyseTrace(raw);
+    }
     await page.waitForTimeout(args.settleMs);
     out.final = await page.evaluate(snapshotInPage);
     out.chatUrl = page.url();

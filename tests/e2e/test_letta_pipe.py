@@ -197,3 +197,44 @@ def test_real_chain_api_stream_and_title_task_cost_one_agent_turn(
     runs_after = wait_for_settled_runs(letta_stack, user_id)
     new_runs = {k: v for k, v in runs_after.items() if k not in runs_before}
     assert list(new_runs.values()) == ["completed"], new_runs  # one user turn → one run, the title none
+
+
+def test_real_chain_browser_answer_grows_in_small_steps(
+    letta_pipe: str, run_chat: RunChat, artifacts_dir: Path
+) -> None:
+    """With the defaults the answer visibly grows in small steps, not in a handful of bursts.
+
+    The page samples the answer every 100 ms while a ``[slow 40]`` answer streams (~5 s of text). Letta's
+    background mode (the old default) gave ~11 states 500 ms apart here; the foreground path gives ~50.
+    """
+    prompt = "[think] [long 120] [slow 40] Show me how a paragraph grows"
+    expected = expected_answer(prompt)
+
+    report = run_chat(letta_pipe, prompt, extra={"traceText": True, "traceIntervalMs": 100})
+    trace = report["textTrace"]
+    figures = {
+        "distinct_states": trace["distinctStates"],
+        "streaming_ms": trace["lastTextMs"] - trace["firstTextMs"],
+        "first_text_ms": trace["firstTextMs"],
+        "gap_ms": trace["gapMs"],
+        "words_per_change": trace["wordsPerChange"],
+        "thinking_status_ms": trace["thinkingStatusMs"],
+        "thinking_reasoning_ms": trace["thinkingReasoningMs"],
+        "thinking_both_ms": trace["thinkingBothMs"],
+        "status_lines": trace["statusLines"],
+        "page_ticks": trace["ticks"],
+        "page_max_tick_gap_ms": trace["maxTickGapMs"],
+    }
+    report["smoothness"] = figures
+    save_report(report, artifacts_dir)
+    print(f"\nsmoothness (100 ms DOM samples): {json.dumps(figures)}")
+
+    assert report["final"]["text"] == expected
+    states = trace["states"]
+    assert states[-1]["length"] == len(expected), states[-5:]
+    assert [s["length"] for s in states] == sorted(s["length"] for s in states), states
+    # The page's timer really sampled every ~100 ms (a starved timer would hide changes, not invent them).
+    assert trace["maxTickGapMs"] < 400, trace["maxTickGapMs"]
+    # Many small steps over ~5 s of answer, not a handful of half-second bursts.
+    assert trace["distinctStates"] >= 30, figures
+    assert trace["gapMs"]["median"] <= 200, figures
