@@ -32,15 +32,23 @@ class _Log:
 
 @attrs.define
 class _Lock:
-    lock: anyio.Lock = attrs.field(factory=anyio.Lock)
+    lock: anyio.Semaphore = attrs.field(factory=lambda: anyio.Semaphore(1))
+    """A semaphore, not an ``anyio.Lock``: like a lock in Redis it is not owned by a task, so a
+    task asking again for a lock it holds waits (and times out) instead of raising."""
+    users: int = 0
+    """Tasks holding or waiting for the lock: the entry is dropped when the last one leaves."""
 
 
 @attrs.define
 class MemoryStore:
-    """Everything in dictionaries of this process.  ``clock`` is the wall clock unless given (tests)."""
+    """Everything in dictionaries of this process.  ``clock`` is the wall clock unless given (tests).
+
+    ``margin``: how long a record outlives its last deadline (``TurnRecord.expires_at``).
+    """
 
     max_frames: int = 10_000
     clock_fn: Callable[[], float] = time.time
+    margin: float = 60.0
     _records: dict[str, tuple[TurnRecord, float, float]] = attrs.field(factory=dict, init=False)
     """agent id → (record, check at, expires at)."""
     _logs: dict[str, _Log] = attrs.field(factory=dict, init=False)
@@ -59,14 +67,16 @@ class MemoryStore:
         return entry[0]
 
     async def apply(self, agent_id: str, event: Input, *, grace: float) -> Transition:
+        # the checkpoint comes first: a caller cancelled here has changed nothing (after the
+        # write, its cancellation would lose the effects of a transition that did happen)
+        await anyio.lowlevel.checkpoint()
         now = self.clock_fn()
         transition = step(self._current(agent_id, now), event, agent_id, now)
         new = transition.record
         if new is None:
             self._records.pop(agent_id, None)
         else:
-            self._records[agent_id] = (new, new.check_at(grace), new.expires_at(grace))
-        await anyio.lowlevel.checkpoint()
+            self._records[agent_id] = (new, new.check_at(grace), new.expires_at(grace, self.margin))
         return transition
 
     async def record(self, agent_id: str) -> TurnRecord | None:
@@ -127,18 +137,26 @@ class MemoryStore:
             log.changed = anyio.Event()
 
     async def log_read(self, turn_id: str, after: int, *, wait: float = 0.0, limit: int = 1000) -> list[LogFrame]:
-        log = self._log(turn_id)
-        if log is None:
-            raise LogGone(f"no log for turn {turn_id}")
-        if after < log.trimmed_to:
-            raise LogGone(f"frames after {after} of turn {turn_id} are no longer kept")
-        found = [f for f in log.frames if f.seq > after][:limit]
-        if found or wait <= 0:
-            await anyio.lowlevel.checkpoint()
-            return found
-        with anyio.move_on_after(wait):
-            await log.changed.wait()
-        return await self.log_read(turn_id, after, limit=limit)
+        deadline = anyio.current_time() + wait
+        while True:
+            log = self._log(turn_id)
+            if log is None:
+                raise LogGone(f"no log for turn {turn_id}")
+            if after < log.trimmed_to:
+                raise LogGone(f"frames after {after} of turn {turn_id} are no longer kept")
+            newer: list[LogFrame] = []
+            for frame in reversed(log.frames):  # a follower wants the last few: no scan of the whole log
+                if frame.seq <= after:
+                    break
+                newer.append(frame)
+            found = newer[::-1][: max(limit, 0)]
+            remaining = deadline - anyio.current_time()
+            if found or remaining <= 0 or limit <= 0:
+                await anyio.lowlevel.checkpoint()
+                return found
+            # woken by any append (or the log's expiry): read again, and wait on until the deadline
+            with anyio.move_on_after(remaining):
+                await log.changed.wait()
 
     async def log_close(self, turn_id: str, keep: float) -> None:
         await anyio.lowlevel.checkpoint()
@@ -150,18 +168,29 @@ class MemoryStore:
     async def lock(self, name: str, *, ttl: float, wait: float) -> AsyncIterator[None]:
         # ``ttl`` bounds a holder that dies; in one process a dead holder takes the lock with it
         entry = self._locks.setdefault(name, _Lock())
-        acquired = False
-        with anyio.move_on_after(wait):
-            await entry.lock.acquire()
-            acquired = True
-        if not acquired:
-            raise LockTimeout(f"lock {name!r} not acquired within {wait} s")
+        # counted, not judged by ``tasks_waiting``: a release hands the lock straight to the next
+        # waiter, which then no longer counts as waiting, and dropping the entry then would let a
+        # newcomer take a fresh lock of the same name while that waiter holds the old one
+        entry.users += 1
         try:
-            yield
+            try:
+                entry.lock.acquire_nowait()  # a free lock is taken even with ``wait=0``
+            except anyio.WouldBlock:
+                acquired = False
+                with anyio.move_on_after(wait):
+                    await entry.lock.acquire()
+                    acquired = True
+                if not acquired:
+                    raise LockTimeout(f"lock {name!r} not acquired within {wait} s") from None
+            try:
+                await anyio.lowlevel.checkpoint()
+                yield
+            finally:
+                entry.lock.release()
         finally:
-            entry.lock.release()
-            if not entry.lock.statistics().tasks_waiting:
-                self._locks.pop(name, None)
+            entry.users -= 1
+            if entry.users == 0 and self._locks.get(name) is entry:
+                del self._locks[name]
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
