@@ -42,7 +42,7 @@ def letta_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 
 @pytest.fixture(scope="session")
 def service(letta_stack: LocalStack) -> Iterator[ServiceThread]:
-    """The service on real hypercorn (in a thread), in front of the session's Letta, token required."""
+    """The service on real hypercorn (in a thread), in front of the session's Letta and Redis, token required."""
     settings = Settings(
         letta_base_url=letta_stack.letta_url,
         model=letta_stack.model_handle,
@@ -50,6 +50,7 @@ def service(letta_stack: LocalStack) -> Iterator[ServiceThread]:
         keepalive_interval=1.0,
         service_token=SERVICE_TOKEN,
         resume_grace=RESUME_GRACE,
+        redis_url=letta_stack.redis_url,  # turn state in the stack's real Redis, as deployed
     )
     with ServiceThread(settings) as running:
         yield running

@@ -203,12 +203,13 @@ async def test_stop_through_b_cancels_the_turn_streaming_on_a(
 
 
 async def test_every_redis_key_of_ours_has_an_end(replicas: Replicas, letta_stack: LocalStack) -> None:
-    import redis
+    import coredis
 
-    r = redis.Redis(port=letta_stack.redis_port)
-    keys = list(r.scan_iter(match="letta-stream:*"))
-    assert keys, "the tests above left turn logs behind (kept for resumes), so there are keys to check"
-    without_end = [k for k in keys if r.pttl(k) < 0]
+    redis = coredis.Redis(host="127.0.0.1", port=letta_stack.redis_port)
+    async with redis:
+        keys = [k async for k in redis.scan_iter(match="letta-stream:*")]
+        assert keys, "the tests above left turn logs behind (kept for resumes), so there are keys to check"
+        without_end = [k for k in keys if await redis.pttl(k) < 0]
     assert without_end == []
 
 
