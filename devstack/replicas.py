@@ -204,9 +204,19 @@ class Replicas:
             raise
         return self
 
-    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to replica ``i``: SIGKILL to all its processes (the machine died), else to its launcher."""
-        self.services[i].signal(sig, group=sig == signal.SIGKILL)
+    def kill(self, i: int, sig: int = signal.SIGKILL, *, timeout: float = 10.0) -> None:
+        """Send ``sig`` to replica ``i``: SIGKILL to all its processes (the machine died), else to its launcher.
+
+        After SIGKILL, returns once they are all gone (requests in flight at that moment fail
+        with 502 at the balancer, as they would in production; later ones are routed around).
+        """
+        service = self.services[i]
+        service.signal(sig, group=sig == signal.SIGKILL)
+        if sig == signal.SIGKILL:
+            service.wait(timeout)
+            deadline = time.monotonic() + timeout
+            while session_members(service.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def restart(self, i: int) -> None:
         """Stop replica ``i`` (if it still runs) and start it again on the same port."""
