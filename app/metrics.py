@@ -43,7 +43,6 @@ def multiprocess_dir() -> str | None:
 class Tally:
     """A counter without labels: call it to count one (``metrics.resumed()``).
 
-    ``+= n`` also counts (n ≥ 0), for callers written when these were plain ints;
     ``int(tally)`` is the count (over every worker in multiprocess mode).
     """
 
@@ -54,28 +53,11 @@ class Tally:
     def __call__(self) -> None:
         self._counter.inc()
 
-    def __iadd__(self, amount: int) -> Tally:
-        self._counter.inc(amount)
-        return self
-
     def __int__(self) -> int:
         return self._read()
 
-    def __eq__(self, other: object) -> bool:
-        return int(self) == other if isinstance(other, int) else NotImplemented
-
-    def __hash__(self) -> int:
-        return id(self)
-
     def __repr__(self) -> str:
         return f"Tally({int(self)})"
-
-
-class _Observer:
-    """``metrics.ttfe.observe(seconds)``, for callers written before :meth:`StreamMetrics.first_event`."""
-
-    def __init__(self, observe: Callable[[float], None]) -> None:
-        self.observe = observe
 
 
 class StreamMetrics:
@@ -129,10 +111,6 @@ class StreamMetrics:
         """A stream was resumed from a ``Last-Event-ID``."""
         self.stopped = Tally(self._stops, lambda: self._read("letta_stream_stops_total"))
         """A turn was stopped by its client (``POST /chat/cancel``)."""
-        # The names these counts had when they were plain ints (``metrics.stops += 1``):
-        self.refused_busy = self.refused
-        self.stops = self.stopped
-        self.ttfe = _Observer(self.first_event)
 
     # -- counting -------------------------------------------------------------------------
 
