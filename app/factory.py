@@ -35,7 +35,7 @@ def make_store(settings: Settings) -> TurnStore:
         from .store.redis import RedisStore
 
         log.info("turn state shared through Redis at %s", _without_password(settings.redis_url))
-        return RedisStore.from_url(settings.redis_url)
+        return RedisStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
     log.info("turn state in this process only (REDIS_URL is not set): run one worker and one replica")
     return MemoryStore()
 

@@ -90,6 +90,12 @@ class StreamMetrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self._running = Gauge(
+            "letta_stream_running_turns",
+            "Turns whose runner (or takeover) runs in this process now, read from Letta or not.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self._ttfe = Histogram(
             "letta_stream_time_to_first_event_seconds",
             "From request to the first event sent.",
@@ -105,6 +111,7 @@ class StreamMetrics:
             self._cancels.labels(result)
         self._active.set(0)
         self._detached.set(0)
+        self._running.set(0)
         self.refused = Tally(self._refused, lambda: self._read("letta_stream_turns_refused_total"))
         """A turn was refused because its agent was busy (409)."""
         self.resumed = Tally(self._resumed, lambda: self._read("letta_stream_streams_resumed_total"))
@@ -133,6 +140,10 @@ class StreamMetrics:
     def detached(self, delta: int) -> None:
         """+1 when a turn detaches from its client, -1 when it is adopted, expires or finishes."""
         self._detached.inc(delta)
+
+    def running(self, delta: int) -> None:
+        """+1 when this process starts running a turn, -1 when it stops (ended, lost or handed off)."""
+        self._running.inc(delta)
 
     def cancel(self, result: str) -> None:
         """The cancel queue ``sent`` a run's cancel, or it ``failed``, or it was ``dropped`` (queue full)."""
@@ -170,6 +181,10 @@ class StreamMetrics:
     def ended(self) -> dict[str, int]:
         """Streams ended so far, by outcome."""
         return {o: self._read("letta_stream_streams_ended_total", {"outcome": o}) for o in OUTCOMES}
+
+    @property
+    def running_turns(self) -> int:
+        return self._read("letta_stream_running_turns")
 
     @property
     def detached_turns(self) -> int:

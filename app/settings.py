@@ -48,6 +48,8 @@ class Settings:
     """How long a turn whose client went away keeps running, waiting for it to resume."""
     redis_url: str | None = _env("REDIS_URL", None)
     """Where turn state is shared by workers and replicas; unset: in this process only."""
+    redis_prefix: str = _env("REDIS_KEY_PREFIX", "letta-stream:")
+    """Every Redis key of the service starts with this (several deployments may share one Redis)."""
     turn_lease: float = _env("TURN_LEASE_SECONDS", 10.0)
     """How long a process may be silent before its turns count as orphaned (taken over by a resume)."""
     log_keep: float = _env("TURN_LOG_KEEP_SECONDS", 600.0)

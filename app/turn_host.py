@@ -145,11 +145,15 @@ class TurnHost:
         """
         owned = self._owned[turn_id] = _Owned(agent_id, anyio.CancelScope())
         self._idle = anyio.Event()
+        if self.metrics is not None:
+            self.metrics.running(1)
         try:
             with owned.scope:
                 yield
         finally:
             self._owned.pop(turn_id, None)
+            if self.metrics is not None:
+                self.metrics.running(-1)
             if not self._owned:
                 self._idle.set()
 
