@@ -306,3 +306,35 @@ async def test_sigterm_to_one_replica_ends_its_streams_resumably_and_the_other_s
         assert text(events) + text(rest) == expected_answer(LONG)
     finally:
         replicas.restart(0)
+
+
+async def test_a_rolling_restart_of_both_replicas_loses_no_answer(replicas: Replicas, letta_stack: LocalStack) -> None:
+    """The pipe streams a long answer through the balancer while each replica in turn is stopped (SIGTERM,
+    drained) and started again: every restart ends the stream resumably, the pipe resumes through the other."""
+    prompt = "[long 300] [slow 40] a very long story"  # ~12 s of answer: both restarts fall inside it
+    pipe = make_pipe(replicas.url, SERVICE_TOKEN=SERVICE_TOKEN)
+    user = {"id": f"rolling-{time.monotonic_ns()}", "name": "Ada", "valves": pipe.UserValves()}
+    body = {"model": "letta_tutor", "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    chunks: list[str] = []
+    restarted: list[int] = []
+    restarting = False
+
+    async def restart_all() -> None:
+        for i in range(2):
+            await anyio.to_thread.run_sync(replicas.restart, i)
+            restarted.append(i)
+
+    result = await pipe.pipe(body, __user__=user, __metadata__={"chat_id": "c"})
+    assert not isinstance(result, str)
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            async for chunk in result:
+                chunks.append(chunk["choices"][0]["delta"].get("content", ""))
+                if len("".join(chunks)) >= 40 and not restarting:
+                    restarting = True
+                    tg.start_soon(restart_all)
+    assert restarted == [0, 1]
+    assert "".join(chunks) == expected_answer(prompt)
+    async with client(replicas.url) as lb:
+        agent_id = await new_agent(lb, user["id"])
+    assert len(await runs_of(letta_stack, agent_id)) == 1  # the message was sent once
