@@ -256,4 +256,5 @@ class Replicas:
 
 def served_by(response: httpx.Response) -> str:
     """The process that answered (``X-Served-By: host:pid``)."""
-    return response.headers.get("X-Served-By", "")
+    found: str = response.headers.get("X-Served-By", "")
+    return found
