@@ -125,12 +125,18 @@ class StreamSession:
                     return
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
-        """The turn's log after frame ``after``, then live from the log until the terminal frame."""
+        """The turn's log after frame ``after``, then live from the log until the terminal frame.
+
+        Whenever it is caught up, it checks (at once the first time, then every
+        :data:`FOLLOW_WAIT` seconds) that the turn is still served — else it is over, or
+        its owner died and this process takes it over — and otherwise waits on the log.
+        """
         yield self._opening()
         store = self.host.store
+        wait = 0.0  # the first empty read checks the turn at once: a resume after the end must not wait
         while True:
             try:
-                batch = await store.log_read(self.turn_id, after, wait=FOLLOW_WAIT)
+                batch = await store.log_read(self.turn_id, after, wait=wait)
             except LogGone:
                 yield self._error("This answer can no longer be resumed; please send your message again.")
                 return
@@ -140,11 +146,16 @@ class StreamSession:
                 yield frame.data
                 if frame.last:
                     return
-            if batch or await self._still_served(after):
+            if batch:
                 continue
-            if not await store.log_read(self.turn_id, after):  # over, and nothing more was logged
+            if await self._still_served(after):
+                wait = FOLLOW_WAIT
+                continue
+            if await store.log_read(self.turn_id, after):
+                continue  # over, and its last frames came in meanwhile
+            if not await self._had_the_end(after):
                 yield self._error("The answer was interrupted; please send your message again.")
-                return
+            return
 
     async def _still_served(self, after: int) -> bool:
         """Whether frames may still come: the turn is live, or this process just took it over."""
@@ -161,6 +172,16 @@ class StreamSession:
         if isinstance(takeover, TakeOver):
             self.start_takeover(takeover.run_id)
         return True
+
+    async def _had_the_end(self, seq: int) -> bool:
+        """Whether frame ``seq`` — the client's last — ended the turn (a resume after the end gets nothing)."""
+        if seq <= 0:
+            return False
+        frames = await self.host.store.log_read(self.turn_id, seq - 1, limit=1)
+        if frames and frames[0].seq == seq and frames[0].last:
+            self.ended = True
+            return True
+        return False
 
     def start_takeover(self, run_id: str | None) -> None:
         """This process now owns the turn: finish it from Letta's record of the run."""
