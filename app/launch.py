@@ -20,10 +20,11 @@ ignore SIGINT: a Ctrl-C reaches the whole process group, and the parent decides)
 worker's shutdown trigger then first awaits :meth:`app.ServiceEntry.drain` — open streams
 end resumably and their turns are handed off — and only then returns, so hypercorn
 closes its listeners and lets the remaining connections finish (``graceful_timeout``).
-The drain is given at most ``graceful_timeout`` too.  A worker whose parent is gone
-stops the same way.  The parent waits up to ``2 * graceful_timeout + 30`` s for its
-workers (Quart's after-serving steps take their time too), then kills what is left.  It
-exits 0 when every worker stopped cleanly.
+The drain bounds itself (``DRAIN_SECONDS``); the launcher stops waiting for it after
+30 s all the same.  A worker whose parent is gone stops the same way.  The parent waits
+up to ``30 + 2 * graceful_timeout + 15`` s for its workers (the drain, hypercorn's
+graceful close, Quart's after-serving steps), then kills what is left.  It exits 0 when
+every worker stopped cleanly.
 
 **A worker that dies.**  A worker that dies *before* its app started (a bad setting:
 the app's lifespan startup fails) makes the launcher stop the others and exit 1 — a
@@ -70,7 +71,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config, Sockets
@@ -78,14 +79,22 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 DEFAULT_CONFIG: Final = Path("hypercorn.toml")
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # the same name as app.metrics.MULTIPROC_ENV
+DRAIN_LIMIT: Final = 30.0  # a backstop: drain() bounds itself (DRAIN_SECONDS)
 MAX_RESTARTS: Final = 5
 RESTART_WINDOW: Final = 60.0
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("app.launch")
 
-Drain = Callable[[], Awaitable[None]]
 ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
+
+
+class Service(Protocol):
+    """What the launcher serves: an ASGI app that can be drained (:class:`app.ServiceEntry`)."""
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None: ...
+
+    async def drain(self) -> None: ...
 
 
 class LaunchError(RuntimeError):
@@ -134,7 +143,7 @@ def loop_factory(worker_class: str) -> Callable[[], asyncio.AbstractEventLoop] |
     )
 
 
-def service() -> Any:
+def service() -> Service:
     """The ASGI entry point ``app:app`` (an :class:`app.ServiceEntry`), imported when needed."""
     from app import app as entry
 
@@ -165,24 +174,24 @@ class _Announcing:
 
 
 async def serve_until_stopped(
-    config: Config, stop: asyncio.Event, started: Callable[[], None] = lambda: None, *, entry: Any = None
+    config: Config, stop: asyncio.Event, started: Callable[[], None] = lambda: None, *, entry: Service | None = None
 ) -> None:
     """Serve ``app:app`` (or ``entry``) until ``stop`` is set; then drain the app, then let hypercorn stop."""
-    entry = service() if entry is None else entry
+    app = service() if entry is None else entry
 
     async def drained_stop() -> None:
         await stop.wait()
         began = time.monotonic()
         log.info("draining")
         try:
-            await asyncio.wait_for(entry.drain(), timeout=config.graceful_timeout)
+            await asyncio.wait_for(app.drain(), timeout=DRAIN_LIMIT)
             log.info("drained in %.0f ms", (time.monotonic() - began) * 1000)
         except TimeoutError:
-            log.warning("drain still running after %.0f s; stopping anyway", config.graceful_timeout)
+            log.warning("drain still running after %.0f s; stopping anyway", DRAIN_LIMIT)
         except Exception:
             log.exception("drain failed; stopping anyway")
 
-    await serve(_Announcing(entry, started), config, shutdown_trigger=drained_stop)
+    await serve(_Announcing(app, started), config, shutdown_trigger=drained_stop)
 
 
 def _run(
@@ -275,7 +284,8 @@ class Launcher:
 
     @property
     def stop_timeout(self) -> float:
-        return 2 * self.config.graceful_timeout + 30
+        """How long workers get to stop: the drain, hypercorn's graceful close, Quart's after-serving steps."""
+        return DRAIN_LIMIT + 2 * self.config.graceful_timeout + 15
 
     def run(self) -> int:
         """Serve until stopped; the exit code."""
