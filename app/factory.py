@@ -87,7 +87,9 @@ def create_app(
     async def start_background() -> None:
         shutdown = cast(asyncio.Event, app.shutdown_event)  # Quart types it as a Protocol without wait()
         svc.draining = anyio.Event()  # made on the serving loop
-        app.add_background_task(canceller.run, shutdown.wait)
+        host.stopped = anyio.Event()
+        # the cancel queue outlives the host: turns still ending at shutdown may cancel runs
+        app.add_background_task(canceller.run, host.stopped.wait)
         app.add_background_task(host.run, shutdown.wait)
 
     @app.before_serving

@@ -79,6 +79,8 @@ class TurnHost:
     _owned: dict[str, _Owned] = attrs.field(factory=dict, init=False)
     _readers: dict[str, anyio.CancelScope] = attrs.field(factory=dict, init=False)
     _idle: anyio.Event = attrs.field(factory=anyio.Event, init=False)
+    stopped: anyio.Event = attrs.field(factory=anyio.Event, init=False)
+    """Set once :meth:`run` returned: no turn runs here any more (the cancel queue may close then)."""
 
     async def apply(self, agent_id: str, event: Input) -> Transition:
         """Apply ``event`` to the agent's shared record; perform ``Cancel`` and ``Superseded``."""
@@ -174,18 +176,21 @@ class TurnHost:
 
     async def run(self, stopping: Callable[[], Awaitable[object]]) -> None:
         """Run turns, the deadline timer and the lease loop until ``stopping()`` returns; then hand off."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._deadlines)
-            tg.start_soon(self._renewals)
-            try:
-                await stopping()
-                await self.wait_idle(self.drain_seconds)  # resumers elsewhere follow their logs meanwhile
-            finally:
-                self._tg = None
-                with anyio.CancelScope(shield=True):
-                    await self._hand_off()
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._deadlines)
+                tg.start_soon(self._renewals)
+                try:
+                    await stopping()
+                    await self.wait_idle(self.drain_seconds)  # resumers elsewhere follow their logs meanwhile
+                finally:
+                    self._tg = None
+                    with anyio.CancelScope(shield=True):
+                        await self._hand_off()
+                    tg.cancel_scope.cancel()
+        finally:
+            self.stopped.set()
 
     async def _hand_off(self) -> None:
         for turn_id, owned in list(self._owned.items()):

@@ -28,7 +28,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.compose import open_pipeline
-from pipeline.events import TERMINAL_TYPES, Event
+from pipeline.events import TERMINAL_TYPES, Event, Keepalive
 from pipeline.filter import filter_letta
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
@@ -117,6 +117,8 @@ class TurnRunner:
                 if not started and self.mapper.run_id is not None:
                     started = True
                     tg.start_soon(self._started, self.mapper.run_id)
+                if isinstance(event, Keepalive):
+                    continue  # Letta's pings say nothing: each connection keeps itself alive
                 frame = self._frame(encoder, event)
                 if self.writer is not None:
                     self.writer.append(frame)
