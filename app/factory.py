@@ -18,7 +18,7 @@ from .connection import StreamingConnection
 from .errors import ApiError
 from .metrics import StreamMetrics
 from .request_ids import install_request_ids
-from .routes import agents, chat, health, live, metrics
+from .routes import agents, chat, health, live, metrics, openai
 from .services import EXTENSION, Services
 from .settings import Settings, settings_from_env
 from .store import TurnStore
@@ -78,7 +78,7 @@ def create_app(
     # turns still running at shutdown get ``drain_seconds`` to end before they are handed off
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.drain_seconds + 5
     app.extensions[EXTENSION] = svc
-    for module in (health, live, metrics, agents, chat):
+    for module in (health, live, metrics, agents, chat, openai):
         app.register_blueprint(module.blueprint)
     install_request_ids(app)
     install_auth(app, settings.service_token)

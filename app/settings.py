@@ -60,6 +60,9 @@ class Settings:
     max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)
     service_token: str | None = _env("SERVICE_TOKEN", None)
     """Bearer token every endpoint but /health requires; ``None`` leaves the service open."""
+    openwebui_jwt_secret: str | None = _env("OPENWEBUI_JWT_SECRET", None)
+    """OpenWebUI's ``FORWARD_USER_INFO_HEADER_JWT_SECRET``: when set, ``/v1/*`` knows the student only from
+    the signed ``X-OpenWebUI-User-Jwt`` header (at least 32 characters: HS256's minimum key length)."""
 
 
 attrs.resolve_types(Settings)  # field types are strings under `from __future__ import annotations`
@@ -94,6 +97,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"{name}={raw!r}: {exc}") from exc
     settings = Settings(**values)
+    if settings.openwebui_jwt_secret is not None and len(settings.openwebui_jwt_secret.encode()) < 32:
+        raise SettingsError("OPENWEBUI_JWT_SECRET is shorter than 32 bytes (HS256 needs a longer key)")
     auth = environ.get("SERVICE_AUTH", "on").strip().lower()
     if auth not in {"on", "off"}:
         raise SettingsError(f"SERVICE_AUTH={auth!r}: use 'on' or 'off'")
