@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from quart import Quart
 
@@ -399,3 +401,44 @@ def test_a_short_jwt_secret_is_refused_at_startup() -> None:
     with pytest.raises(SettingsError, match="OPENWEBUI_JWT_SECRET"):
         settings_from_env({"SERVICE_AUTH": "off", "OPENWEBUI_JWT_SECRET": "short"})
     assert settings_from_env({"SERVICE_AUTH": "off", "OPENWEBUI_JWT_SECRET": SECRET}).openwebui_jwt_secret == SECRET
+
+
+# ---------------------------------------------------------------- fuzzing: never a 500, always an OpenAI error
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+_content = _json | st.lists(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", 3]), "text": _json}), max_size=3
+)
+_message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", 7]), "content": _content})
+_bodies = _json | st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["tutor", "", "gpt-4"]) | _json,
+        "messages": st.lists(_message, max_size=3) | _json,
+        "stream": st.booleans() | _json,
+    },
+)
+_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "X-OpenWebUI-User-Id": st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=300),
+        "X-OpenWebUI-User-Name": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+        "X-OpenWebUI-User-Jwt": st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=60),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_bodies, headers=_headers, jwt_secret=st.sampled_from([None, SECRET]))
+async def test_any_body_and_headers(body: Any, headers: dict[str, str], jwt_secret: str | None) -> None:
+    app = create_app(Settings(max_body_bytes=4096, openwebui_jwt_secret=jwt_secret), client=make_fake())
+    async with app.test_app():
+        response = await app.test_client().post("/v1/chat/completions", json=body, headers=headers)
+        data = await response.get_data()
+    assert response.status_code < 500, data
+    if response.status_code >= 400:
+        assert set(json.loads(data)["error"]) == {"message", "type", "code", "param"}
