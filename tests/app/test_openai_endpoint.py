@@ -13,10 +13,12 @@ import time
 from typing import Any
 
 import anyio
+import httpx
 import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from letta_client import InternalServerError
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from quart import Quart
 
@@ -377,6 +379,23 @@ async def test_letta_down_is_503(app: Quart, letta: Any) -> None:
         error = await error_of(response, 503)
         assert error["code"] == "upstream_unavailable"
         assert error["type"] == "server_error"
+
+
+async def test_letta_failing_is_502(app: Quart, letta: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fail(*_: Any, **__: Any) -> Any:
+        request = httpx.Request("POST", "http://letta.test/v1/agents/x/messages")
+        raise InternalServerError("boom", response=httpx.Response(500, request=request), body=None)
+
+    monkeypatch.setattr(letta.agents.messages, "create", fail)
+    for stream in (True, False):
+        response = await app.test_client().post(
+            "/v1/chat/completions", json=ask("hi", stream=stream), headers=user("u")
+        )
+        error = await error_of(response, 502)
+        assert error["code"] == "upstream_error"
+        assert error["type"] == "server_error"
+    agent_id = agents_of(letta)["u"]
+    assert await svc(app).host.store.record(agent_id) is None  # the turn was released
 
 
 async def test_while_draining_it_is_503(app: Quart) -> None:
