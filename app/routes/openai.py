@@ -65,7 +65,7 @@ from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
 from ..sse_body import sse_response
 from ..turn_host import new_id
-from ..turn_machine import Claim, Finish, Refused
+from ..turn_machine import Claim, Finish, Refused, Started
 from ..upstream import letta_errors
 
 log = logging.getLogger("letta_stream.openai")
@@ -189,7 +189,9 @@ class CompletionStream:
     encoder: ChunkEncoder
     request_id: str
     started: float = attrs.field(factory=time.monotonic)
+    mapper: LettaMapper = attrs.Factory(LettaMapper)
     released: bool = False
+    run_noted: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.svc.metrics.start()
@@ -214,7 +216,8 @@ class CompletionStream:
             svc.host.owning(self.agent_id, self.turn_id),
             open_pipeline(
                 source,
-                partial(filter_letta, mapper=LettaMapper()),
+                partial(filter_letta, mapper=self.mapper),
+                self._note_run,
                 partial(throttle, window=settings.throttle_window),
                 partial(keepalive, interval=settings.keepalive_interval),
                 partial(encode_openai, encoder=self.encoder, send_timeout=settings.send_timeout),
@@ -222,6 +225,22 @@ class CompletionStream:
             ) as frames,
         ):
             yield frames
+
+    async def _note_run(self, recv: Receive, send: Send) -> None:
+        """Pass events on; record the run id in the turn's record once known (``Started``).
+
+        The record then names the run, so a stop through ``/chat/cancel`` or a claim after this
+        process died cancels exactly this run.
+        """
+        with send, recv:
+            async for event in recv:
+                if not self.run_noted and self.mapper.run_id is not None:
+                    self.run_noted = True
+                    try:
+                        await self.svc.host.apply(self.agent_id, Started(self.turn_id, self.mapper.run_id))
+                    except Exception as exc:  # the turn goes on; only a stop from elsewhere would miss the run
+                        log.warning("recording run %s of turn %s failed: %r", self.mapper.run_id, self.turn_id, exc)
+                await send.send(event)
 
     async def _release_before_done(self, recv: Receive, send: Send) -> None:
         """Pass frames on; free the agent before the last one, so the client's next message is not refused."""

@@ -233,6 +233,31 @@ async def test_a_client_that_leaves_cancels_the_run_and_frees_the_agent(app: Qua
     assert svc(app).metrics.active == 0
 
 
+async def test_the_turn_record_names_the_run_so_a_stop_from_elsewhere_cancels_it(app: Quart, letta: Any) -> None:
+    letta.store.hold_after = 3
+    body = json.dumps(ask("long")).encode()
+    headers = {"Content-Type": "application/json", **user("stopped")}
+    async with app.test_client().request("/v1/chat/completions", method="POST", headers=headers) as connection:
+        await connection.send(body)
+        await connection.send_complete()
+        got = b""
+        with anyio.fail_after(5):
+            while b"reasoning_content" not in got:
+                got += await connection.receive()
+        agent_id = agents_of(letta)["stopped"]
+        record = await svc(app).host.store.record(agent_id)
+        assert record is not None
+        assert record.run_id == next(iter(letta.store.runs))
+        response = await app.test_client().post("/chat/cancel", json={"agent_id": agent_id})
+        assert response.status_code == 202
+        with anyio.fail_after(5):
+            while b"[DONE]" not in got:
+                got += await connection.receive()
+    assert next(iter(letta.store.runs.values())).status == "cancelled"
+    assert frames(got)[-2]["choices"][0]["finish_reason"] == "stop"
+    assert await svc(app).host.store.record(agent_id) is None
+
+
 # ---------------------------------------------------------------- who the student is
 
 
