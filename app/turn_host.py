@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 """The longest the deadline timer sleeps: another replica may have set an earlier deadline meanwhile."""
+DUE_PAGE = 200
+"""Due turns taken from the store at a time."""
+CONCURRENCY = 64
+"""Store updates the timers make at once (renewing a thousand leases one by one would outlast the lease)."""
 
 
 def process_id() -> str:
@@ -205,21 +209,44 @@ class TurnHost:
                 soonest = await self.store.next_due()
                 delay = POLL_SECONDS if soonest is None else min(max(soonest - now, 0.0), POLL_SECONDS)
                 await anyio.sleep(delay)
-                for agent_id in await self.store.due(await self.store.clock()):
-                    await self.apply(agent_id, Expire(self.grace))
+                while True:  # a class leaving at once makes many turns due at once: take them all now
+                    due = await self.store.due(await self.store.clock(), limit=DUE_PAGE)
+                    await self._each(due, lambda agent_id: self.apply(agent_id, Expire(self.grace)))
+                    if len(due) < DUE_PAGE:
+                        break
             except Exception as exc:  # the store is down: try again, never die
                 log.warning("deadline timer: %r", exc)
                 await anyio.sleep(POLL_SECONDS)
 
+    async def _each(self, items: list[str], work: Callable[[str], Awaitable[object]]) -> None:
+        """``work(item)`` for every item, :data:`CONCURRENCY` at a time (one slow store call holds up no other)."""
+        limiter = anyio.CapacityLimiter(CONCURRENCY)
+
+        async def one(item: str) -> None:
+            async with limiter:
+                await work(item)
+
+        async with anyio.create_task_group() as tg:
+            for item in items:
+                tg.start_soon(one, item)
+
     async def _renewals(self) -> None:
         while True:
             await anyio.sleep(self.lease / 3)
-            for turn_id, owned in list(self._owned.items()):
-                try:
-                    transition = await self.apply(owned.agent_id, Renew(turn_id, self.owner, self.lease))
-                except Exception as exc:
-                    log.warning("renewing the lease of turn %s failed: %r", turn_id, exc)
-                    continue
-                if transition.first(Lost) is not None:
-                    log.warning("turn %s is no longer ours (taken over): stopping its runner", turn_id)
-                    owned.scope.cancel()
+            await self._each(list(self._owned), self._renew)
+
+    async def _renew(self, turn_id: str) -> None:
+        owned = self._owned.get(turn_id)
+        if owned is None:
+            return  # ended meanwhile
+        try:
+            transition = await self.apply(owned.agent_id, Renew(turn_id, self.owner, self.lease))
+        except Exception as exc:
+            log.warning("renewing the lease of turn %s failed: %r", turn_id, exc)
+            return
+        if transition.first(Lost) is not None and self._owned.get(turn_id) is owned:
+            if transition.record is None:  # it just finished here, or was given up (its grace ran out)
+                log.info("turn %s is over: its runner stops", turn_id)
+            else:
+                log.warning("turn %s was taken over by %s: stopping its runner here", turn_id, transition.record.owner)
+            owned.scope.cancel()

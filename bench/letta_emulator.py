@@ -84,6 +84,9 @@ class Emulator:
         self.streams_open = 0
         self.streams_total = 0
         self.cancels = 0
+        self.runs: dict[str, asyncio.Event] = {}
+        """Open runs, set when cancelled: like Letta, a cancel ends the run's stream with ``stop_reason: cancelled``."""
+        self.latest: dict[str, str] = {}
 
     def agent(self, body: JSON) -> JSON:
         agent_id = f"agent-{uuid.uuid4()}"
@@ -158,7 +161,11 @@ class Emulator:
             return await self.stream(parts[3], body, writer)
         if len(parts) == 6 and parts[4:] == ["messages", "cancel"] and method == "POST":
             self.cancels += 1
-            return await self.reply(writer, 200, {})
+            run_ids = json.loads(raw or b"{}").get("run_ids") or [self.latest.get(parts[3], "")]
+            found = {r: "cancelled" for r in run_ids if r in self.runs}
+            for run_id in found:
+                self.runs[run_id].set()
+            return await self.reply(writer, 200, found)
         if path == "/bench/agents" and method == "POST":  # bulk creation for the concurrency bench
             spec = json.loads(raw)
             made = [
@@ -191,22 +198,19 @@ class Emulator:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         self.streams_open += 1
         self.streams_total += 1
+        cancelled = self.runs[run_id] = asyncio.Event()
+        self.latest[agent_id] = run_id
         try:
             writer.write(chunked(sse(ping(run_id))))
             await writer.drain()
-            keepalive = _marker(text, "keepalive", 0.0)
-            if keepalive > 0:
-                while True:
-                    await asyncio.sleep(keepalive)
-                    writer.write(chunked(sse(ping(run_id))))
-                    await writer.drain()
-            count, rate, pad = (
-                int(_marker(text, "count", 100)),
-                _marker(text, "rate", 0.0),
-                int(_marker(text, "pad", 0)),
-            )
-            await self.deltas(run_id, count, rate, writer, pad)
-            writer.write(chunked(sse({"message_type": "stop_reason", "stop_reason": "end_turn", "run_id": run_id})))
+            body = asyncio.ensure_future(self.body(run_id, text, writer))
+            stopper = asyncio.ensure_future(cancelled.wait())
+            await asyncio.wait({body, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (body, stopper):
+                task.cancel()
+            await asyncio.gather(body, stopper, return_exceptions=True)
+            stop_reason = "cancelled" if cancelled.is_set() else "end_turn"
+            writer.write(chunked(sse({"message_type": "stop_reason", "stop_reason": stop_reason, "run_id": run_id})))
             writer.write(
                 chunked(
                     sse(
@@ -226,6 +230,24 @@ class Emulator:
             return True
         finally:
             self.streams_open -= 1
+            self.runs.pop(run_id, None)
+            if self.latest.get(agent_id) == run_id:
+                del self.latest[agent_id]
+
+    async def body(self, run_id: str, text: str, writer: asyncio.StreamWriter) -> None:
+        """What the run writes until it ends by itself (a cancel cuts it short)."""
+        keepalive = _marker(text, "keepalive", 0.0)
+        if keepalive > 0:
+            while True:
+                await asyncio.sleep(keepalive)
+                writer.write(chunked(sse(ping(run_id))))
+                await writer.drain()
+        count, rate, pad = (
+            int(_marker(text, "count", 100)),
+            _marker(text, "rate", 0.0),
+            int(_marker(text, "pad", 0)),
+        )
+        await self.deltas(run_id, count, rate, writer, pad)
 
     async def deltas(self, run_id: str, count: int, rate: float, writer: asyncio.StreamWriter, pad: int = 0) -> None:
         msg_id = f"message-{uuid.uuid4()}"
