@@ -5,6 +5,18 @@ next by a memory object stream of ``buffer`` items (small, so a slow consumer sl
 the source down instead of filling memory).  It yields the last stage's receive
 stream to the caller, who reads it in the same task that entered the context.
 
+:func:`open_flow` is the same with two economies, as Akka Streams fuses operators and
+marks asynchronous boundaries:
+
+- **Fused steps.**  A part that is a pure :class:`Step` (``feed(item) -> items`` and
+  ``finish() -> items``, e.g. :class:`~pipeline.letta_map.LettaMapper` or
+  :class:`~pipeline.sse.SSEEncoder`) gets no task and no link: it runs inside the task of
+  the stage that reads its output (or the caller's, at the end).  Only stages that need
+  time of their own (a source, the throttle, the keepalive) are tasks.
+- **Batching links.**  A link hands over what is ready as one batch when its consumer is
+  behind (:class:`~pipeline.streams.BatchSend`), bounded by ``batch`` items; the caller
+  can take everything ready at once with ``receive_ready()`` (one HTTP write for many frames).
+
 Leaving the context — normally, by an exception, or by cancellation (a client that
 went away) — cancels every stage still running and waits for it, so each closes its
 streams and the source closes what it reads.  An exception in any stage cancels the
@@ -13,14 +25,14 @@ others and the caller's block, and is raised from the ``async with``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .streams import Source, Stage
+from .streams import BatchReceive, BatchSend, Feed, Source, Stage
 
 
 @asynccontextmanager
@@ -38,5 +50,80 @@ async def open_pipeline(
         with recv:
             try:
                 yield recv
+            finally:
+                tg.cancel_scope.cancel()
+
+
+@runtime_checkable
+class Step(Protocol):
+    """A pure stage: ``feed`` answers the items one item means, ``finish`` what is left at the end.
+
+    No I/O, no waiting, no clock: it can run in any task, so :func:`open_flow` fuses it
+    into a neighbour's instead of giving it one.
+    """
+
+    def feed(self, item: Any) -> Iterable[Any]: ...
+
+    def finish(self) -> Iterable[Any]: ...
+
+
+class Fused:
+    """Steps run one after the other as one step (what :func:`fuse` returns)."""
+
+    def __init__(self, steps: Iterable[Feed]) -> None:
+        self.steps: tuple[Feed, ...] = tuple(steps)
+
+    def feed(self, item: Any) -> list[Any]:
+        items: Iterable[Any] = (item,)
+        for step in self.steps:
+            items = [out for one in items for out in step.feed(one)]
+        return list(items)
+
+    def finish(self) -> list[Any]:
+        carried: list[Any] = []
+        for step in self.steps:  # what an earlier step releases at the end still goes through the later ones
+            carried = [out for one in carried for out in step.feed(one)]
+            carried.extend(step.finish())
+        return carried
+
+
+def fuse(*steps: Feed) -> Feed:
+    """One step doing ``steps`` in order (nested :class:`Fused` are flattened)."""
+    flat: list[Feed] = []
+    for step in steps:
+        flat.extend(step.steps if isinstance(step, Fused) else (step,))
+    return flat[0] if len(flat) == 1 else Fused(flat)
+
+
+def is_step(part: object) -> bool:
+    """Whether ``part`` is a pure step (fused) rather than a stage (a task)."""
+    return isinstance(part, Step) and not callable(part)
+
+
+@asynccontextmanager
+async def open_flow(source: Source, *parts: Stage | Feed, batch: int = 64) -> AsyncIterator[BatchReceive]:
+    """Run ``source`` → ``parts`` in one task group; yield the end the caller reads.
+
+    ``parts`` are stages (each its own task) and steps (fused into the next stage's task,
+    or into the caller's after the last stage).  Links hold one batch of at most ``batch``
+    items (``batch=1``: one item, as :func:`open_pipeline`).  The yielded end has
+    ``receive()``, ``async for`` and ``receive_ready()`` (all items ready now, as a list).
+    """
+    batched = batch > 1
+    async with anyio.create_task_group() as tg:
+        send, raw = anyio.create_memory_object_stream[Any](1)
+        tg.start_soon(source, BatchSend(send, batch) if batched else send)
+        steps: list[Feed] = []
+        for part in parts:
+            if is_step(part):
+                steps.append(part)  # type: ignore[arg-type]
+                continue
+            recv = BatchReceive(raw, batched=batched, step=fuse(*steps) if steps else None)
+            steps = []
+            next_send, raw = anyio.create_memory_object_stream[Any](1)
+            tg.start_soon(part, recv, BatchSend(next_send, batch) if batched else next_send)  # type: ignore[arg-type]
+        with BatchReceive(raw, batched=batched, step=fuse(*steps) if steps else None) as out:
+            try:
+                yield out
             finally:
                 tg.cancel_scope.cancel()

@@ -10,16 +10,19 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .compose import open_pipeline
+from .compose import open_flow, open_pipeline
 from .encode import encode_sse
 from .filter import filter_letta
 from .keepalive import keepalive
 from .letta_map import LettaMapper
 from .letta_turn import Abandon, LettaTurn, letta_source
 from .sse import SSEEncoder
-from .streams import Stage
-from .tap import tap
+from .streams import Feed, Receive, Stage
+from .tap import Observe, tap
 from .throttle import throttle
+
+DEFAULT_BATCH = 64
+"""Items a link may hand over at once to a consumer that is behind."""
 
 
 def letta_events(
@@ -28,13 +31,18 @@ def letta_events(
     mapper: LettaMapper | None = None,
     window: float = 0.05,
     buffer: int = 1,
-) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
-    """source → filter → throttle: the turn as coalesced events (for scripts)."""
-    return open_pipeline(
+    batch: int = DEFAULT_BATCH,
+) -> AbstractAsyncContextManager[Receive]:
+    """source → map → throttle: the turn as coalesced events (for scripts).
+
+    The map is fused into the throttle's task (:func:`~pipeline.compose.open_flow`);
+    ``batch`` bounds a link's batch (``buffer`` is kept for callers of the older form).
+    """
+    return open_flow(
         partial(letta_source, turn),
-        partial(filter_letta, mapper=mapper),
+        mapper if mapper is not None else LettaMapper(),
         partial(throttle, window=window),
-        buffer=buffer,
+        batch=max(batch, buffer),
     )
 
 
@@ -51,12 +59,42 @@ def letta_sse(
     abandon: Abandon | None = None,
     stop: anyio.Event | None = None,
     buffer: int = 1,
-) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
-    """source → filter → throttle → keepalive → [tap] → encode: the turn as SSE frame bytes.
+    batch: int = DEFAULT_BATCH,
+) -> AbstractAsyncContextManager[Receive]:
+    """source → map → throttle → keepalive → [observe] → encode: the turn as SSE frame bytes.
 
-    ``observe`` sees every event just before it is encoded; ``send_timeout`` ends the
-    stream when the consumer takes nothing for that long.
+    Three tasks (source, throttle, keepalive); the map runs fused in the throttle's task,
+    observe and encode in the reader's (the HTTP body), which can take every ready frame
+    at once (``receive_ready()``).  ``observe`` sees every event just before it is encoded;
+    ``send_timeout`` ends the stream when the consumer takes nothing for that long.
     """
+    parts: list[Stage | Feed] = [
+        mapper if mapper is not None else LettaMapper(),
+        partial(throttle, window=window),
+        partial(keepalive, interval=keepalive_interval, send_timeout=send_timeout),
+    ]
+    if observe is not None:
+        parts.append(Observe(observe))
+    parts.append(encoder if encoder is not None else SSEEncoder())
+    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon, stop=stop)
+    return open_flow(source, *parts, batch=max(batch, buffer))
+
+
+def letta_sse_tasks(
+    turn: LettaTurn,
+    *,
+    mapper: LettaMapper | None = None,
+    window: float = 0.05,
+    keepalive_interval: float = 15.0,
+    encoder: SSEEncoder | None = None,
+    send_timeout: float | None = None,
+    observe: Callable[[Any], object] | None = None,
+    cancel_timeout: float = 5.0,
+    abandon: Abandon | None = None,
+    stop: anyio.Event | None = None,
+    buffer: int = 1,
+) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+    """The same chain with a task per stage and one-item links (the unfused form, for comparison)."""
     stages: list[Stage] = [
         partial(filter_letta, mapper=mapper),
         partial(throttle, window=window),

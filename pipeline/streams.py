@@ -1,17 +1,240 @@
-"""Types shared by the stages: the two ends of an anyio memory object stream and the stage shapes."""
+"""Types shared by the stages, and the links between them.
+
+A link is an anyio memory object stream.  A stage only uses its two ends the way a
+memory object stream is used (``send``/``receive``, ``async for``, closing with
+``with send, recv:``), so :mod:`pipeline.compose` may hand it ends that do more:
+
+- :class:`BatchSend` / :class:`BatchReceive` carry *what is ready as one batch*.  When
+  the consumer is waiting, an item goes to it at once, as through any link.  When the
+  consumer is behind, further items ride along in the batch it has not taken yet (up to
+  ``limit`` items, then the producer waits: backpressure), so a burst costs one hand-over
+  instead of one per item, and the consumer still sees one item at a time.
+- :class:`BatchReceive` may also run a pure :class:`~pipeline.compose.Step` (an
+  event → events function, such as the Letta mapping or SSE encoding) on every item it
+  takes: the step is *fused* into the consuming stage's task, with no task and no link
+  of its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeAlias
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-Receive: TypeAlias = MemoryObjectReceiveStream[Any]
-Send: TypeAlias = MemoryObjectSendStream[Any]
+
+class ReceiveEnd(Protocol):
+    """What a stage may do with the end it reads (a memory object receive stream has all of it)."""
+
+    async def receive(self) -> Any: ...
+
+    def receive_nowait(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def __aiter__(self) -> Any: ...
+
+    async def __anext__(self) -> Any: ...
+
+
+class SendEnd(Protocol):
+    """What a stage may do with the end it writes (a memory object send stream has all of it)."""
+
+    async def send(self, item: Any) -> None: ...
+
+    def send_nowait(self, item: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+Receive: TypeAlias = ReceiveEnd
+Send: TypeAlias = SendEnd
 
 Source: TypeAlias = Callable[[Send], Coroutine[Any, Any, object]]
 """Produces items into ``send`` and closes it when done."""
 
 Stage: TypeAlias = Callable[[Receive, Send], Coroutine[Any, Any, object]]
 """Reads ``recv`` until it ends, writes ``send``, and closes both when done."""
+
+
+class Feed(Protocol):
+    """A pure step: items in, items out, no I/O and no waiting (see :mod:`pipeline.compose`)."""
+
+    def feed(self, item: Any) -> Iterable[Any]: ...
+
+    def finish(self) -> Iterable[Any]: ...
+
+
+class _Batch(list[Any]):
+    """Items handed over together; ``taken`` once the consumer has it (then nothing more joins it)."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self, first: Any) -> None:
+        super().__init__((first,))
+        self.taken = False
+
+
+class BatchSend:
+    """The producer's end of a batching link (over a memory object stream of batches)."""
+
+    def __init__(self, inner: MemoryObjectSendStream[Any], limit: int = 64) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._open: _Batch | None = None
+
+    async def send(self, item: Any) -> None:
+        """Hand ``item`` over; waits only when the consumer is a whole batch behind."""
+        batch = self._open
+        if batch is not None and not batch.taken and len(batch) < self._limit:
+            batch.append(item)  # the consumer is behind: ride along with what it has not taken yet
+            return
+        batch = self._open = _Batch(item)
+        try:
+            self._inner.send_nowait(batch)
+        except anyio.WouldBlock:
+            try:
+                await self._inner.send(batch)
+            except BaseException:
+                self._open = None  # not delivered: nothing may join it
+                raise
+
+    def send_nowait(self, item: Any) -> None:
+        batch = self._open
+        if batch is not None and not batch.taken and len(batch) < self._limit:
+            batch.append(item)
+            return
+        batch = _Batch(item)
+        self._inner.send_nowait(batch)
+        self._open = batch
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> BatchSend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class BatchReceive:
+    """The consumer's end of a link: one item at a time, or all that is ready (:meth:`receive_ready`).
+
+    ``batched`` says whether the link carries batches (from a :class:`BatchSend`) or single
+    items; ``step`` is a fused pure step run on every item taken (and its ``finish()`` at the
+    end of the stream).  Cancelling a wait loses nothing: what was taken is kept here.
+    """
+
+    def __init__(self, inner: MemoryObjectReceiveStream[Any], *, batched: bool = True, step: Feed | None = None):
+        self._inner = inner
+        self._batched = batched
+        self._step = step
+        self._ready: deque[Any] = deque()
+        self._ended = False
+
+    def _take(self, got: Any) -> None:
+        items: Iterable[Any]
+        if self._batched:
+            got.taken = True
+            items = got
+        else:
+            items = (got,)
+        step = self._step
+        if step is None:
+            self._ready.extend(items)
+        else:
+            for item in items:
+                self._ready.extend(step.feed(item))
+
+    def _end(self) -> None:
+        self._ended = True
+        if self._step is not None:
+            self._ready.extend(self._step.finish())
+
+    async def _fill(self) -> None:
+        while not self._ready:
+            if self._ended:
+                raise anyio.EndOfStream
+            try:
+                got = await self._inner.receive()
+            except anyio.EndOfStream:
+                self._end()
+                continue
+            self._take(got)
+
+    async def receive(self) -> Any:
+        if not self._ready:
+            await self._fill()
+        return self._ready.popleft()
+
+    def receive_nowait(self) -> Any:
+        while not self._ready:
+            if self._ended:
+                raise anyio.EndOfStream
+            try:
+                got = self._inner.receive_nowait()
+            except anyio.EndOfStream:
+                self._end()
+                continue
+            self._take(got)
+        return self._ready.popleft()
+
+    async def receive_ready(self) -> list[Any]:
+        """Everything ready now (waiting for at least one item); :class:`anyio.EndOfStream` at the end."""
+        if not self._ready:
+            await self._fill()
+        try:  # a batch that arrived meanwhile rides along
+            while not self._ended:
+                self._take(self._inner.receive_nowait())
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            self._end()
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def close(self) -> None:
+        self._ready.clear()
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> BatchReceive:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> BatchReceive:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
