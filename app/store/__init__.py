@@ -9,6 +9,6 @@ after its last deadline, a log some minutes after its turn ended.
 
 from __future__ import annotations
 
-from .protocol import LockTimeout, LogFrame, LogGone, LogConflict, LogMeta, TurnStore
+from .protocol import LockTimeout, LogConflict, LogFrame, LogGone, LogMeta, TurnStore
 
 __all__ = ["LockTimeout", "LogConflict", "LogFrame", "LogGone", "LogMeta", "TurnStore"]
