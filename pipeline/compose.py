@@ -25,14 +25,17 @@ others and the caller's block, and is raised from the ``async with``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .streams import BatchReceive, BatchSend, Feed, Source, Stage
+from .events import Keepalive
+from .keepalive import IdleKeepalive
+from .streams import BatchReceive, BatchSend, Feed, Send, Source, Stage
 
 
 @asynccontextmanager
@@ -100,29 +103,62 @@ def is_step(part: object) -> bool:
     return isinstance(part, Step) and not callable(part)
 
 
+@runtime_checkable
+class Boundary(Protocol):
+    """A part with its own buffer and task whose *input* runs in its upstream's task.
+
+    ``open(step)`` answers the send end its upstream writes to (``step``, the pure steps
+    before it, fused on that side) and the task that drains it into the next link.
+    :class:`~pipeline.throttle.Throttle` is one: its coalescer is the link.
+    """
+
+    def open(self, step: Feed | None) -> tuple[Send, Callable[[Send], Awaitable[Any]]]: ...
+
+
 @asynccontextmanager
-async def open_flow(source: Source, *parts: Stage | Feed, batch: int = 64) -> AsyncIterator[BatchReceive]:
+async def open_flow(
+    source: Source, *parts: Stage | Feed | Boundary | IdleKeepalive, batch: int = 64, send_timeout: float | None = None
+) -> AsyncIterator[BatchReceive]:
     """Run ``source`` → ``parts`` in one task group; yield the end the caller reads.
 
-    ``parts`` are stages (each its own task) and steps (fused into the next stage's task,
-    or into the caller's after the last stage).  Links hold one batch of at most ``batch``
-    items (``batch=1``: one item, as :func:`open_pipeline`).  The yielded end has
-    ``receive()``, ``async for`` and ``receive_ready()`` (all items ready now, as a list).
+    ``parts`` are stages (each its own task), boundaries (a task, fed from the upstream's
+    task), steps (fused into the task that reads their input, or into the caller's after
+    the last task) and :class:`~pipeline.keepalive.IdleKeepalive` (a timer in the reader of
+    its link).  Links hold one batch of at most ``batch`` items.  With ``send_timeout``,
+    a caller that takes nothing for that long ends the flow with
+    :class:`~pipeline.errors.ConsumerStalled`.  The yielded end has ``receive()``,
+    ``async for`` and ``receive_ready()`` (all items ready now, as a list).
     """
-    batched = batch > 1
     async with anyio.create_task_group() as tg:
-        send, raw = anyio.create_memory_object_stream[Any](1)
-        tg.start_soon(source, BatchSend(send, batch) if batched else send)
+        task: Callable[[Send], Awaitable[Any]] = source
         steps: list[Feed] = []
+        idle: IdleKeepalive | None = None
+
+        def reader(raw: MemoryObjectReceiveStream[Any]) -> BatchReceive:
+            step = fuse(*steps) if steps else None
+            if idle is None:
+                return BatchReceive(raw, step=step)
+            return BatchReceive(raw, step=step, idle=idle.interval, on_idle=Keepalive)
+
         for part in parts:
-            if is_step(part):
+            if isinstance(part, IdleKeepalive):
+                idle = part
+            elif is_step(part):
                 steps.append(part)  # type: ignore[arg-type]
-                continue
-            recv = BatchReceive(raw, batched=batched, step=fuse(*steps) if steps else None)
-            steps = []
-            next_send, raw = anyio.create_memory_object_stream[Any](1)
-            tg.start_soon(part, recv, BatchSend(next_send, batch) if batched else next_send)  # type: ignore[arg-type]
-        with BatchReceive(raw, batched=batched, step=fuse(*steps) if steps else None) as out:
+            elif isinstance(part, Boundary):
+                if idle is not None:
+                    raise ValueError("a keepalive must be read by a stage or the caller, not by a boundary")
+                send_end, drain = part.open(fuse(*steps) if steps else None)
+                tg.start_soon(task, send_end)  # type: ignore[arg-type]
+                task, steps = drain, []
+            else:
+                send, raw = anyio.create_memory_object_stream[Any](1)
+                tg.start_soon(task, BatchSend(send, batch))  # type: ignore[arg-type]
+                stage: Stage = part  # type: ignore[assignment]
+                task, steps, idle = partial(stage, reader(raw)), [], None
+        send, raw = anyio.create_memory_object_stream[Any](1)
+        tg.start_soon(task, BatchSend(send, batch, timeout=send_timeout))  # type: ignore[arg-type]
+        with reader(raw) as out:
             try:
                 yield out
             finally:

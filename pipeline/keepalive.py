@@ -50,3 +50,14 @@ async def _send_within(send: Send, limit: float, item: object) -> None:
         await send.send(item)
     if waited.cancelled_caught:
         raise ConsumerStalled(f"no frame taken for {limit} s")
+
+
+class IdleKeepalive:
+    """The keepalive without a task, for :func:`~pipeline.compose.open_flow`: the reader of its
+    link (the next stage, or the caller) gets a :class:`Keepalive` when it waited ``interval``
+    seconds for nothing."""
+
+    __slots__ = ("interval",)
+
+    def __init__(self, interval: float = 15.0) -> None:
+        self.interval = interval

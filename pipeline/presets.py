@@ -13,13 +13,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .compose import open_flow, open_pipeline
 from .encode import encode_sse
 from .filter import filter_letta
-from .keepalive import keepalive
+from .keepalive import IdleKeepalive, keepalive
 from .letta_map import LettaMapper
 from .letta_turn import Abandon, LettaTurn, letta_source
 from .sse import SSEEncoder
 from .streams import Feed, Receive, Stage
 from .tap import Observe, tap
-from .throttle import throttle
+from .throttle import Throttle, throttle
 
 DEFAULT_BATCH = 64
 """Items a link may hand over at once to a consumer that is behind."""
@@ -35,13 +35,15 @@ def letta_events(
 ) -> AbstractAsyncContextManager[Receive]:
     """source → map → throttle: the turn as coalesced events (for scripts).
 
-    The map is fused into the throttle's task (:func:`~pipeline.compose.open_flow`);
-    ``batch`` bounds a link's batch (``buffer`` is kept for callers of the older form).
+    Two tasks: the source, which maps each chunk and pushes the events into the
+    throttle's coalescer (:class:`~pipeline.throttle.Throttle`), and the throttle's writer
+    (:func:`~pipeline.compose.open_flow`).  ``batch`` bounds a link's batch (``buffer`` is
+    kept for callers of the older form).
     """
     return open_flow(
         partial(letta_source, turn),
         mapper if mapper is not None else LettaMapper(),
-        partial(throttle, window=window),
+        Throttle(window),
         batch=max(batch, buffer),
     )
 
@@ -63,21 +65,23 @@ def letta_sse(
 ) -> AbstractAsyncContextManager[Receive]:
     """source → map → throttle → keepalive → [observe] → encode: the turn as SSE frame bytes.
 
-    Three tasks (source, throttle, keepalive); the map runs fused in the throttle's task,
-    observe and encode in the reader's (the HTTP body), which can take every ready frame
-    at once (``receive_ready()``).  ``observe`` sees every event just before it is encoded;
-    ``send_timeout`` ends the stream when the consumer takes nothing for that long.
+    Two tasks (:func:`~pipeline.compose.open_flow`): the source, which maps each chunk and
+    pushes the events into the throttle's coalescer, and the throttle's writer.  The
+    keepalive timer, observe and encode run in the reader's task (the HTTP body), which
+    takes every ready frame at once (``receive_ready()``).  ``observe`` sees every event
+    just before it is encoded; ``send_timeout`` ends the stream when the consumer takes
+    nothing for that long.
     """
-    parts: list[Stage | Feed] = [
+    parts: list[Feed | Throttle | IdleKeepalive] = [
         mapper if mapper is not None else LettaMapper(),
-        partial(throttle, window=window),
-        partial(keepalive, interval=keepalive_interval, send_timeout=send_timeout),
+        Throttle(window),
+        IdleKeepalive(keepalive_interval),
     ]
     if observe is not None:
         parts.append(Observe(observe))
     parts.append(encoder if encoder is not None else SSEEncoder())
     source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon, stop=stop)
-    return open_flow(source, *parts, batch=max(batch, buffer))
+    return open_flow(source, *parts, batch=max(batch, buffer), send_timeout=send_timeout)
 
 
 def letta_sse_tasks(

@@ -17,6 +17,7 @@ memory object stream is used (``send``/``receive``, ``async for``, closing with
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
@@ -24,6 +25,8 @@ from typing import Any, Protocol, TypeAlias
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .errors import ConsumerStalled
 
 
 class ReceiveEnd(Protocol):
@@ -80,6 +83,9 @@ class Feed(Protocol):
     def finish(self) -> Iterable[Any]: ...
 
 
+_IDLE = object()
+
+
 class _Batch(list[Any]):
     """Items handed over together; ``taken`` once the consumer has it (then nothing more joins it)."""
 
@@ -93,9 +99,10 @@ class _Batch(list[Any]):
 class BatchSend:
     """The producer's end of a batching link (over a memory object stream of batches)."""
 
-    def __init__(self, inner: MemoryObjectSendStream[Any], limit: int = 64) -> None:
+    def __init__(self, inner: MemoryObjectSendStream[Any], limit: int = 64, timeout: float | None = None) -> None:
         self._inner = inner
         self._limit = limit
+        self._timeout = math.inf if timeout is None else timeout
         self._open: _Batch | None = None
 
     async def send(self, item: Any) -> None:
@@ -109,10 +116,14 @@ class BatchSend:
             self._inner.send_nowait(batch)
         except anyio.WouldBlock:
             try:
-                await self._inner.send(batch)
+                with anyio.move_on_after(self._timeout) as waited:
+                    await self._inner.send(batch)
             except BaseException:
                 self._open = None  # not delivered: nothing may join it
                 raise
+            if waited.cancelled_caught:
+                self._open = None
+                raise ConsumerStalled(f"no frame taken for {self._timeout} s") from None
 
     def send_nowait(self, item: Any) -> None:
         batch = self._open
@@ -143,13 +154,25 @@ class BatchReceive:
 
     ``batched`` says whether the link carries batches (from a :class:`BatchSend`) or single
     items; ``step`` is a fused pure step run on every item taken (and its ``finish()`` at the
-    end of the stream).  Cancelling a wait loses nothing: what was taken is kept here.
+    end of the stream).  With ``idle``, a wait longer than that yields ``on_idle()`` (through
+    the step), as the keepalive stage does.  Cancelling a wait loses nothing: what was taken
+    is kept here.
     """
 
-    def __init__(self, inner: MemoryObjectReceiveStream[Any], *, batched: bool = True, step: Feed | None = None):
+    def __init__(
+        self,
+        inner: MemoryObjectReceiveStream[Any],
+        *,
+        batched: bool = True,
+        step: Feed | None = None,
+        idle: float | None = None,
+        on_idle: Callable[[], Any] | None = None,
+    ):
         self._inner = inner
         self._batched = batched
         self._step = step
+        self._idle = idle
+        self._on_idle = on_idle
         self._ready: deque[Any] = deque()
         self._ended = False
 
@@ -177,7 +200,20 @@ class BatchReceive:
             if self._ended:
                 raise anyio.EndOfStream
             try:
-                got = await self._inner.receive()
+                if self._idle is None:
+                    got = await self._inner.receive()
+                else:
+                    try:
+                        got = self._inner.receive_nowait()  # no timer for what is there already
+                    except anyio.WouldBlock:
+                        got = _IDLE
+                        with anyio.move_on_after(self._idle):  # a timer around one receive() loses nothing
+                            got = await self._inner.receive()
+                    if got is _IDLE:
+                        assert self._on_idle is not None
+                        one = self._on_idle()
+                        self._ready.extend(self._step.feed(one) if self._step is not None else (one,))
+                        continue
             except anyio.EndOfStream:
                 self._end()
                 continue
