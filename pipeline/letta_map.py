@@ -351,12 +351,25 @@ def _raw_assistant_text(content: object) -> str:
 
 
 def _untagged_kind(chunk: dict[str, Any]) -> str | None:
-    """Letta's stop reason and usage may come without ``message_type`` (it is optional in their models)."""
-    if "stop_reason" in chunk:
-        return "stop_reason"
-    if "step_count" in chunk or "total_tokens" in chunk:
-        return "usage_statistics"
+    """The type of a message without ``message_type`` (optional in the SDK's models), by its own fields."""
+    for key, kind in _TELLING_FIELDS:
+        if chunk.get(key) is not None:
+            return kind
     return None
+
+
+_TELLING_FIELDS: Final = (
+    ("stop_reason", "stop_reason"),
+    ("total_tokens", "usage_statistics"),
+    ("step_count", "usage_statistics"),
+    ("tool_call", "tool_call_message"),
+    ("tool_calls", "tool_call_message"),
+    ("tool_return", "tool_return_message"),
+    ("tool_returns", "tool_return_message"),
+    ("error_type", "error_message"),
+    ("state", "hidden_reasoning_message"),
+    ("reasoning", "reasoning_message"),
+)
 
 
 def _model(chunk: dict[str, Any]) -> object:
