@@ -61,9 +61,8 @@ class _Releasing(httpx.AsyncByteStream):
         self._inner = inner
         self._release = release
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._inner.__aiter__()  # type: ignore[no-any-return]  # no layer of our own per chunk
 
     async def aclose(self) -> None:
         try:

@@ -36,7 +36,8 @@ class RawLettaStream:
 
     def __init__(self, client: AsyncLetta, response: Any) -> None:
         self._client = client
-        self._response = response  # letta-client's AsyncAPIResponse (streamed, unread)
+        # only the httpx response is kept: letta-client's AsyncAPIResponse holds a copy of the request's
+        # options (pydantic models, the body) that a stream open for minutes need not keep alive
         self.http_response = response.http_response
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
@@ -62,8 +63,8 @@ class RawLettaStream:
         return message_of(sse, self._client, self.http_response)
 
     async def close(self) -> None:
-        """Close the HTTP response (and give its connection back)."""
-        await self._response.close()
+        """Close the HTTP response (and give its connection back), as ``AsyncAPIResponse.close()`` does."""
+        await self.http_response.aclose()
 
 
 def message_of(sse: ServerSentEvent, client: AsyncLetta, response: Any) -> dict[str, Any] | None:

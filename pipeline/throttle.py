@@ -38,7 +38,8 @@ class _Wakeup:
         else:
             with anyio.move_on_after(at_most):
                 await event.wait()
-        self._event = anyio.Event()
+        if event.is_set():  # a timer that ran out leaves the event as it was: keep it
+            self._event = anyio.Event()
 
 
 async def throttle(

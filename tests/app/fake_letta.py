@@ -66,6 +66,9 @@ class FakeHTTPResponse:
             yield b"data: " + chunk.model_dump_json().encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    async def aclose(self) -> None:
+        await self._stream.close()
+
 
 class FakeAPIResponse:
     """What ``with_streaming_response.create(...)`` enters: letta-client's ``AsyncAPIResponse``, streamed."""

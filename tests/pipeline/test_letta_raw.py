@@ -213,7 +213,7 @@ def test_an_error_event_mid_stream_becomes_lettas_error_event() -> None:
 
     events = anyio.run(run)
     assert events[-1] == Error("model exploded", "llm_error")
-    assert body.closed
+    assert body.http_response.is_closed
     assert cancelled == [turn]  # not read to its end: the run is given up
 
 
