@@ -105,8 +105,12 @@ class PipelineBody(ResponseBody):
             await self._finalize(self._entered, error)
 
 
+WRITE_BYTES = 65536
+"""At most this much goes into one write: what a stalled client's connection holds stays bounded."""
+
+
 class _ReadyFrames:
-    """The body's chunks: every frame ready at the time, joined (one write for a burst)."""
+    """The body's chunks: every frame ready at the time (up to :data:`WRITE_BYTES`), joined: one write for a burst."""
 
     def __init__(self, frames: Any) -> None:
         self._frames = frames
@@ -116,7 +120,7 @@ class _ReadyFrames:
 
     async def __anext__(self) -> bytes:
         try:
-            ready: list[bytes] = await self._frames.receive_ready()
+            ready: list[bytes] = await self._frames.receive_ready(WRITE_BYTES)
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
         return ready[0] if len(ready) == 1 else b"".join(ready)

@@ -21,8 +21,8 @@ from .streams import Feed, Receive, Stage
 from .tap import Observe, tap
 from .throttle import Throttle, throttle
 
-DEFAULT_BATCH = 64
-"""Items a link may hand over at once to a consumer that is behind."""
+DEFAULT_BATCH = 16
+"""Items a link may hand over at once to a consumer that is behind (frames of up to 4 KiB of text each)."""
 
 
 def letta_events(

@@ -236,8 +236,12 @@ class BatchReceive:
             self._take(got)
         return self._ready.popleft()
 
-    async def receive_ready(self) -> list[Any]:
-        """Everything ready now (waiting for at least one item); :class:`anyio.EndOfStream` at the end."""
+    async def receive_ready(self, max_bytes: int | None = None) -> list[Any]:
+        """Everything ready now (waiting for at least one item); :class:`anyio.EndOfStream` at the end.
+
+        With ``max_bytes`` (for items that are ``bytes``), no more than that in total is
+        taken (but always one item): the rest stays ready for the next call.
+        """
         if not self._ready:
             await self._fill()
         try:  # a batch that arrived meanwhile rides along
@@ -247,8 +251,16 @@ class BatchReceive:
             pass
         except anyio.EndOfStream:
             self._end()
-        out = list(self._ready)
-        self._ready.clear()
+        ready = self._ready
+        if max_bytes is None:
+            out = list(ready)
+            ready.clear()
+            return out
+        out = [ready.popleft()]
+        size = len(out[0])
+        while ready and size + len(ready[0]) <= max_bytes:
+            size += len(ready[0])
+            out.append(ready.popleft())
         return out
 
     def close(self) -> None:

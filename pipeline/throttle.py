@@ -17,6 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from .coalesce import Coalescer
+from .events import Reasoning, Text
 from .streams import Feed, Receive, Send
 
 
@@ -111,22 +112,37 @@ class Throttle:
 
     def open(self, step: Feed | None) -> tuple[CoalescingSend, Callable[[Send], Awaitable[None]]]:
         """The send end its upstream writes to, and the writer to run as a task (sending to ``send``)."""
-        link = CoalescingSend(Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars), step)
+        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars)
+        link = CoalescingSend(coalescer, step, hand_over_text=self.window <= 0)
         return link, link.write
 
 
 class CoalescingSend:
-    """A link whose buffer is a :class:`Coalescer`: ``send`` pushes, :meth:`write` sends what is due."""
+    """A link whose buffer is a :class:`Coalescer`: ``send`` pushes, :meth:`write` sends what is due.
 
-    def __init__(self, coalescer: Coalescer, step: Feed | None) -> None:
+    When nothing is held or being sent and the next link takes an event at once, an event
+    that would be due at once anyway (anything but text, or text with a zero window) is
+    handed straight to it: no wake-up of the writer, no delay.
+    """
+
+    def __init__(self, coalescer: Coalescer, step: Feed | None, *, hand_over_text: bool = False) -> None:
         self._coalescer = coalescer
         self._step = step
+        self._hand_over_text = hand_over_text
         self._to_writer, self._to_sender = _Wakeup(), _Wakeup()
         self._open = True
         self._gone = False  # the writer stopped: nobody takes anything any more
+        self._out: Send | None = None  # the writer's send end, while it is waiting (holding nothing)
 
     def _push(self, event: object) -> None:
         coalescer = self._coalescer
+        out = self._out
+        if out is not None and coalescer.empty and (self._hand_over_text or not isinstance(event, (Text, Reasoning))):
+            try:
+                out.send_nowait(event)
+                return
+            except anyio.WouldBlock:
+                pass
         idle = coalescer.empty
         coalescer.push(event, anyio.current_time())  # type: ignore[arg-type]
         if idle or coalescer.has_ready:  # a new window began, or something is due now: the writer must know
@@ -189,7 +205,11 @@ class CoalescingSend:
                     if not self._open:
                         return
                     deadline = coalescer.deadline
-                    await self._to_writer.wait(math.inf if deadline is None else deadline - anyio.current_time())
+                    self._out = send  # waiting, holding nothing in hand: the sender may hand over directly
+                    try:
+                        await self._to_writer.wait(math.inf if deadline is None else deadline - anyio.current_time())
+                    finally:
+                        self._out = None
         finally:
             self._gone = True
             self._to_sender.set()

@@ -167,18 +167,21 @@ async def test_a_failing_step_ends_the_flow_and_closes_the_source() -> None:
     assert stream.closed
 
 
-async def test_throttle_boundary_keeps_order_and_loses_nothing_for_a_slow_consumer() -> None:
+@pytest.mark.parametrize("window", [0.0, 0.01])
+@pytest.mark.parametrize("pause", [0.0, 0.001])
+async def test_throttle_boundary_keeps_order_and_loses_nothing(window: float, pause: float) -> None:
     items = [Text(f"{i};") if i % 10 else Status(f"s{i}") for i in range(300)]
-    async with open_flow(source_of(FakeStream(items)), Throttle(0.01), relay) as out:
+    async with open_flow(source_of(FakeStream(items)), Throttle(window), relay) as out:
         got = []
         async for event in out:
             got.append(event)
-            await anyio.sleep(0.001)
+            await anyio.sleep(pause)
     statuses = [e for e in got if isinstance(e, Status)]
     assert statuses == [e for e in items if isinstance(e, Status)]
     text = "".join(e.content for e in got if isinstance(e, Text))
     assert text == "".join(e.content for e in items if isinstance(e, Text))
-    assert len(got) < len(items)  # text merged
+    if pause:
+        assert len(got) < len(items)  # text merged for a slow consumer
 
 
 async def test_throttle_boundary_never_holds_a_status_behind_text() -> None:
@@ -296,3 +299,20 @@ async def test_encode_sse_stage_passes_frames_that_are_bytes_already_unchanged()
     assert frames[0] == pre_encoded
     assert frames[2] == pre_encoded
     assert list(decode_events([frames[1]])) == [Text("live")]
+
+
+async def test_receive_ready_can_be_bounded_in_bytes() -> None:
+    frames = [b"a" * 100 for _ in range(10)]
+    async with open_flow(source_of(FakeStream(frames)), relay) as out:
+        await anyio.sleep(0.05)
+        got: list[list[bytes]] = []
+        while True:
+            try:
+                got.append(await out.receive_ready(max_bytes=250))
+            except anyio.EndOfStream:
+                break
+    assert [b for batch in got for b in batch] == frames
+    assert all(len(batch) <= 2 for batch in got)
+    big = [b"x" * 1000]
+    async with open_flow(source_of(FakeStream(big))) as out:
+        assert await out.receive_ready(max_bytes=10) == big  # one item always goes
