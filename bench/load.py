@@ -80,7 +80,7 @@ def measure(
 
 def throughput(emulator: Child, targets: dict[str, Child], quick: bool, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    total = 3000 if quick else 20000  # deltas per figure, spread over the streams
+    total = 1500 if quick else 20000  # deltas per figure, spread over the streams
     for n in (1, 20, 100):
         count = max(total // n, 20)
         out[f"{n} streams"] = row = {"count_per_stream": count}
@@ -91,7 +91,7 @@ def throughput(emulator: Child, targets: dict[str, Child], quick: bool, runs: in
 
 
 def classroom(emulator: Child, targets: dict[str, Child], quick: bool) -> dict[str, Any]:
-    n, rate, seconds = (60, 40, 3) if quick else (300, 40, 10)
+    n, rate, seconds = (40, 40, 2) if quick else (300, 40, 10)
     count = rate * seconds
     out: dict[str, Any] = {"streams": n, "rate": rate, "seconds": seconds, "spread_s": 1.0}
     for name, target in targets.items():

@@ -28,7 +28,8 @@ PLAN_POOL = "plan, pool 4096"
 
 
 def _ratio(a: float, b: float) -> float:
-    return a / b if b else math.nan
+    """a / b; not a number when b is not positive (an added delay within the noise of the direct path)."""
+    return a / b if b > 0 else math.nan
 
 
 def _latency(res: dict[str, Any]) -> list[str]:
