@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 import anyio
+import anyio.lowlevel
 
 from .errors import ConsumerStalled
 from .events import Keepalive
@@ -46,6 +47,9 @@ async def _send_within(send: Send, limit: float, item: object) -> None:
         return
     except anyio.WouldBlock:
         pass
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled pipeline ends by its cancellation, not this
+        raise
     with anyio.move_on_after(limit) as waited:
         await send.send(item)
     if waited.cancelled_caught:

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeAlias
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import ConsumerStalled
@@ -114,6 +115,10 @@ class BatchSend:
         batch = self._open = _Batch(item)
         try:
             self._inner.send_nowait(batch)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._open = None
+            await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled flow ends by its cancellation, not this
+            raise
         except anyio.WouldBlock:
             try:
                 with anyio.move_on_after(self._timeout) as waited:

@@ -159,16 +159,20 @@ class CoalescingSend:
             self._push(event)
 
     async def send(self, item: object) -> None:
-        if self._gone:
-            raise anyio.BrokenResourceError
-        if not self._open:
-            raise anyio.ClosedResourceError
-        for event in self._step.feed(item) if self._step is not None else (item,):
-            self._push(event)
-        while self._coalescer.full and not self._gone:
-            await self._to_sender.wait()
-        if self._gone:
-            raise anyio.BrokenResourceError
+        try:
+            if self._gone:
+                raise anyio.BrokenResourceError
+            if not self._open:
+                raise anyio.ClosedResourceError
+            for event in self._step.feed(item) if self._step is not None else (item,):
+                self._push(event)
+            while self._coalescer.full and not self._gone:
+                await self._to_sender.wait()
+            if self._gone:
+                raise anyio.BrokenResourceError
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled flow ends by its cancellation, not this
+            raise
 
     def close(self) -> None:
         if not self._open:

@@ -316,3 +316,25 @@ async def test_receive_ready_can_be_bounded_in_bytes() -> None:
     big = [b"x" * 1000]
     async with open_flow(source_of(FakeStream(big))) as out:
         assert await out.receive_ready(max_bytes=10) == big  # one item always goes
+
+
+async def test_a_cancelled_sender_meeting_a_closed_link_ends_by_its_cancellation() -> None:
+    """A task woken just before its flow was cancelled may send once more into a link already closed: that
+    must raise the cancellation (which the task group absorbs), not BrokenResourceError (which it would raise)."""
+    from pipeline.coalesce import Coalescer
+    from pipeline.streams import BatchSend
+    from pipeline.throttle import CoalescingSend
+
+    send, recv = anyio.create_memory_object_stream[Any](1)
+    recv.close()
+    link = BatchSend(send, 4)
+    coalescing = CoalescingSend(Coalescer(), None)
+    coalescing.close()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(anyio.get_cancelled_exc_class()):
+            await link.send("x")
+        with pytest.raises(anyio.get_cancelled_exc_class()):
+            await coalescing.send("x")
+    with pytest.raises(anyio.BrokenResourceError):  # not cancelled: the broken link is reported as before
+        await link.send("x")
