@@ -177,6 +177,7 @@ class CoalescingSend:
     def close(self) -> None:
         if not self._open:
             return
+        self._out = None  # what the step releases at the end goes through the writer: closing never raises
         if self._step is not None and not self._gone:
             for event in self._step.finish():
                 self._push(event)

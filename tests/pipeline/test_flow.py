@@ -338,3 +338,17 @@ async def test_a_cancelled_sender_meeting_a_closed_link_ends_by_its_cancellation
             await coalescing.send("x")
     with pytest.raises(anyio.BrokenResourceError):  # not cancelled: the broken link is reported as before
         await link.send("x")
+
+
+async def test_closing_the_throttle_link_never_raises_even_when_its_reader_is_gone() -> None:
+    from pipeline.coalesce import Coalescer
+    from pipeline.throttle import CoalescingSend
+
+    send, recv = anyio.create_memory_object_stream[Any](1)
+    link = CoalescingSend(Coalescer(), LettaMapper())  # its finish() releases the turn's last event
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.write, send)
+        await anyio.sleep(0.01)  # the writer waits, ready to be handed events directly
+        recv.close()  # the reader went away
+        link.close()  # as the source's `with send:` does when it is cancelled: must not raise
+        tg.cancel_scope.cancel()
