@@ -6,6 +6,9 @@ in one task; the pipeline's task group is opened in ``__aenter__`` and closed in
 task: the cancellation reaches the pipeline, whose stages are cancelled and whose
 source closes Letta's stream and cancels the run.
 
+Every frame that is ready when the body writes goes out in one write (the pipeline's
+``receive_ready()``): a client that is behind costs one write per burst, not per frame.
+
 ``finalize(entered)`` runs exactly once when the body is done with: after
 ``__aexit__``, or — if the client vanished before the body was ever entered —
 from :meth:`PipelineBody.abandon`, which :class:`app.connection.StreamingConnection`
@@ -21,11 +24,11 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from quart import Response
 from quart.wrappers.response import ResponseBody
 
 from pipeline.errors import ConsumerStalled
+from pipeline.streams import Receive
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,12 @@ class PipelineBody(ResponseBody):
 
     def __init__(
         self,
-        pipeline: AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]],
+        pipeline: AbstractAsyncContextManager[Receive],
         finalize: Finalize | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._finalize = finalize
-        self._frames: MemoryObjectReceiveStream[Any] | None = None
+        self._frames: Receive | None = None
         self._entered = False
         self._finalized = False
         self.on_stall: Callable[[], object] | None = None
@@ -85,7 +88,9 @@ class PipelineBody(ResponseBody):
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         assert self._frames is not None, "iterate the body inside `async with`"
-        return self._frames.__aiter__()
+        if hasattr(self._frames, "receive_ready"):
+            return _ReadyFrames(self._frames)
+        return self._frames.__aiter__()  # type: ignore[no-any-return]
 
     async def abandon(self) -> None:
         """Release what the body owns if it was never entered (the client left before it started)."""
@@ -98,6 +103,27 @@ class PipelineBody(ResponseBody):
         self._finalized = True
         with anyio.CancelScope(shield=True):
             await self._finalize(self._entered, error)
+
+
+WRITE_BYTES = 65536
+"""At most this much goes into one write: what a stalled client's connection holds stays bounded."""
+
+
+class _ReadyFrames:
+    """The body's chunks: every frame ready at the time (up to :data:`WRITE_BYTES`), joined: one write for a burst."""
+
+    def __init__(self, frames: Any) -> None:
+        self._frames = frames
+
+    def __aiter__(self) -> _ReadyFrames:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            ready: list[bytes] = await self._frames.receive_ready(WRITE_BYTES)
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        return ready[0] if len(ready) == 1 else b"".join(ready)
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -113,7 +139,7 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 
 
 def sse_response(
-    pipeline: AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]],
+    pipeline: AbstractAsyncContextManager[Receive],
     finalize: Finalize | None = None,
 ) -> Response:
     """A 200 ``text/event-stream`` response streaming ``pipeline``'s frames, with no time limit."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import anyio
 import attrs
 import httpx
 from letta_client import (
@@ -19,21 +21,75 @@ from .errors import ApiError, NotFound, UpstreamError, UpstreamUnavailable
 from .settings import Settings
 
 
+class PoolGate(httpx.AsyncBaseTransport):
+    """At most ``slots`` requests inside the connection pool at once; the others wait here.
+
+    httpcore 1.0.9 loses a pool slot for good when a request is cancelled right after the
+    pool handed it a new connection (encode/httpcore#1093): a burst of students leaving
+    while others wait for a connection wedges the pool until the process restarts.  With
+    as many slots here as the pool has connections, no request ever waits inside httpcore,
+    and a request cancelled while it waits here simply leaves the queue.  A slot is held
+    until the response is closed; the wait is bounded by the request's pool timeout.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, slots: int) -> None:
+        self._inner = inner
+        self._slots = anyio.Semaphore(slots)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {}).get("pool")
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")) as waited:
+            await self._slots.acquire()
+        if waited.cancelled_caught:
+            raise httpx.PoolTimeout("no connection to the agent server became free in time", request=request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        response.stream = _Releasing(response.stream, self._slots.release)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Releasing(httpx.AsyncByteStream):
+    """A response body that gives its slot back once, when it is closed."""
+
+    def __init__(self, inner: Any, release: Any) -> None:
+        self._inner = inner
+        self._release = release
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._inner.__aiter__()  # type: ignore[no-any-return]  # no layer of our own per chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
 def make_client(settings: Settings, *, max_connections: int | None = None) -> AsyncLetta:
     """An ``AsyncLetta`` for the configured server.  No retries: a stream must not be sent twice.
 
     Every open stream holds one connection, so the pool must be as large as the number of
     streams the service may hold (letta-client's default of 100 would leave the 101st
-    stream waiting, headers unsent, for the pool timeout).
+    stream waiting, headers unsent, for the pool timeout).  Requests beyond it wait in a
+    :class:`PoolGate` in front of the pool, never inside it.
     """
     limit = max_connections if max_connections is not None else settings.letta_max_connections
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 100))
     return AsyncLetta(
         base_url=settings.letta_base_url,
         api_key=settings.letta_api_key,
         timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
         max_retries=0,
         http_client=httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 100)),
+            transport=PoolGate(httpx.AsyncHTTPTransport(limits=limits), limit),
             timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
         ),
     )

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, latency, real_letta, report, slow_consumer, stages
+from . import comparator, concurrency, latency, load, real_letta, report, slow_consumer, stages, targets
 from .letta_emulator import raise_fd_limit
 from .procs import Child, loadavg, machine
 
-PARTS = ("latency", "concurrency", "slow_consumer", "stages", "real_letta")
+PARTS = ("latency", "throughput", "classroom", "concurrency", "slow_consumer", "stages", "real_letta")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {results['machine']}", flush=True)
     log_dir = Path(tempfile.mkdtemp(prefix="letta-stream-bench-"))
     print(f"child logs: {log_dir}", flush=True)
+    results["comparator"] = comparator.versions(comparator.ensure_venv())
+    print(f"comparator: {results['comparator']}", flush=True)
     with Child("bench.letta_emulator", health="/v1/health/", log=log_dir / "emulator.log") as emulator:
-        if "latency" not in skip:
-            print("latency / throughput:", flush=True)
-            results["latency"] = latency.run(emulator, args.quick, runs, log_dir)
+        with targets.started(emulator, log_dir) as services:
+            ours = services[targets.OURS]
+            agent_id = latency.post_json(ours.url + "/agents", {"user_id": "bench", "agent_type": "tutor"})["agent_id"]
+            if "latency" not in skip:
+                print("latency, one stream:", flush=True)
+                results["latency"] = latency.run(emulator, services, agent_id, args.quick, runs)
+            if "throughput" not in skip:
+                print("throughput at max rate, concurrent streams:", flush=True)
+                results["throughput"] = load.throughput(emulator, services, args.quick, min(runs, 3))
+            if "classroom" not in skip:
+                print("classroom:", flush=True)
+                picked = {k: v for k, v in services.items() if k in (targets.OURS, comparator.PLAN_POOL)}
+                results["classroom"] = load.classroom(emulator, picked, args.quick)
         if "concurrency" not in skip:
             print("concurrency:", flush=True)
             results["concurrency"] = concurrency.run(emulator, args.quick, log_dir)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import StreamResult, open_stream, read_stream
+from .comparator import PLAN_POOL, comparator
 from .procs import Child, cpu_seconds, loadavg, rss_kib
 from .stats import pct, r
 
@@ -142,21 +143,28 @@ def make_agents(emulator: Child, n: int, prefix: str) -> list[str]:
         return found
 
 
-def one(emulator: Child, n: int, pool: int, keepalive_s: float, hold: float, log_dir: Path) -> dict[str, Any]:
+def one(
+    emulator: Child, n: int, pool: int, keepalive_s: float, hold: float, log_dir: Path, plan: bool = False
+) -> dict[str, Any]:
+    """N streams held open through a fresh service (``plan``: the comparator, pool 4096, which neither
+    sends keepalives nor cancels runs: only its memory and CPU are compared)."""
     agent_ids = make_agents(emulator, n + 3, f"conc{n}-{pool}-{time.monotonic_ns()}")
-    svc = Child(
-        "bench.service_proc",
-        "--letta",
-        emulator.url,
-        "--window",
-        "0.05",
-        "--keepalive",
-        str(keepalive_s),
-        "--pool",
-        str(pool),
-        health="/health",
-        log=log_dir / f"service-conc-{n}-{pool}.log",
-    )
+    if plan:
+        svc = comparator(emulator.url, 4096, log_dir / f"plan-conc-{n}.log")
+    else:
+        svc = Child(
+            "bench.service_proc",
+            "--letta",
+            emulator.url,
+            "--window",
+            "0.05",
+            "--keepalive",
+            str(keepalive_s),
+            "--pool",
+            str(pool),
+            health="/health",
+            log=log_dir / f"service-conc-{n}-{pool}.log",
+        )
     with svc:
         asyncio.run(_warm(svc, agent_ids[n:]))
         time.sleep(0.3)
@@ -165,7 +173,7 @@ def one(emulator: Child, n: int, pool: int, keepalive_s: float, hold: float, log
         out = asyncio.run(hold_streams(svc, agent_ids[:n], hold, keepalive_s))
         out["upstream_open_during"] = None
         began = time.monotonic()
-        deadline = began + 30
+        deadline = began + (0 if plan else 30)
         cancelled = 0
         while time.monotonic() < deadline:
             cancelled = emulator_stats(emulator)["cancels"] - cancels0
@@ -176,7 +184,7 @@ def one(emulator: Child, n: int, pool: int, keepalive_s: float, hold: float, log
         out.update(
             n=n,
             keepalive_s=keepalive_s,
-            pool="app's own (sharded)" if pool <= 0 else str(pool),
+            pool=PLAN_POOL if plan else "app's own (sharded)" if pool <= 0 else str(pool),
             rss_idle_kib=idle,
             rss_per_stream_kib=r((out["rss_kib"] - idle) / n, 1),
             upstream_cancels=cancelled,
@@ -184,17 +192,21 @@ def one(emulator: Child, n: int, pool: int, keepalive_s: float, hold: float, log
             loadavg=loadavg(),
         )
         out.pop("upstream_open_during")
+        if plan:  # it sends no keepalives and cancels nothing
+            out.update(streams_late=None, upstream_cancels=None, cancels_s=None)
     return out
 
 
 def run(emulator: Child, quick: bool, log_dir: Path) -> list[dict[str, Any]]:
     plans = (
-        [(50, 0, 0.5)] if quick else [*[(n, 0, 1.0) for n in (100, 500, 1000, 2000)], (2000, 0, 5.0), (2000, 4096, 5.0)]
+        [(50, 0, 0.5, False), (50, 0, 0.5, True)]
+        if quick
+        else [*[(n, 0, 1.0, False) for n in (100, 500, 1000, 2000)], (2000, 0, 5.0, False), (1000, 0, 1.0, True)]
     )
     rows = []
-    for n, pool, keepalive_s in plans:
+    for n, pool, keepalive_s, plan in plans:
         hold = 2.0 if quick else max(5.0, 3 * keepalive_s)
-        row = one(emulator, n, pool, keepalive_s, hold, log_dir)
+        row = one(emulator, n, pool, keepalive_s, hold, log_dir, plan)
         print(f"  N={n} pool={row['pool']}: {row}", flush=True)
         rows.append(row)
     return rows

@@ -78,58 +78,31 @@ async def measure(target: Target, load: Load, runs: int) -> dict[str, float]:
     return summarise(results, load.count)
 
 
-def run(emulator: Child, quick: bool, runs: int, log_dir: Any) -> dict[str, Any]:
+def run(emulator: Child, services: dict[str, Child], agent_id: str, quick: bool, runs: int) -> dict[str, Any]:
+    """Each load through each target: the emulator itself ("direct"), then ``services`` (ours and the plan's)."""
     scale = 10 if quick else 1
     loads = [
         Load("100 ev/s", 100, 200 // scale),
         Load("200 tok/s", 200, 400 // scale),
         Load("max rate", 0, 3000 // scale),
     ]
-    svcs = {
-        "service w=0": Child(
-            "bench.service_proc",
-            "--letta",
-            emulator.url,
-            "--window",
-            "0",
-            health="/health",
-            log=log_dir / "service-w0.log",
-        ),
-        "service w=50ms": Child(
-            "bench.service_proc",
-            "--letta",
-            emulator.url,
-            "--window",
-            "0.05",
-            health="/health",
-            log=log_dir / "service-w50.log",
-        ),
-    }
+    targets = [
+        Target(
+            "direct",
+            emulator.port,
+            f"/v1/agents/{agent_id}/messages",
+            {"streaming": True, "stream_tokens": True, "include_pings": True},
+            "input",
+        )
+    ]
+    targets += [
+        Target(name, svc.port, "/chat/stream", {"agent_id": agent_id, "enable_thinking": False}, "message")
+        for name, svc in services.items()
+    ]
     out: dict[str, Any] = {}
-    try:
-        for svc in svcs.values():
-            svc.start()
-        agent = post_json(next(iter(svcs.values())).url + "/agents", {"user_id": "bench", "agent_type": "tutor"})
-        agent_id = agent["agent_id"]
-        targets = [
-            Target(
-                "direct",
-                emulator.port,
-                f"/v1/agents/{agent_id}/messages",
-                {"streaming": True, "stream_tokens": True, "include_pings": True},
-                "input",
-            )
-        ]
-        targets += [
-            Target(name, svc.port, "/chat/stream", {"agent_id": agent_id, "enable_thinking": False}, "message")
-            for name, svc in svcs.items()
-        ]
-        for load in loads:
-            out[load.name] = {}
-            for target in targets:
-                out[load.name][target.name] = asyncio.run(measure(target, load, runs))
-                print(f"  {load.name:10} {target.name:15} {out[load.name][target.name]}", flush=True)
-    finally:
-        for svc in svcs.values():
-            svc.stop()
+    for load in loads:
+        out[load.name] = {}
+        for target in targets:
+            out[load.name][target.name] = asyncio.run(measure(target, load, runs))
+            print(f"  {load.name:10} {target.name:22} {out[load.name][target.name]}", flush=True)
     return out

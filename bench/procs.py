@@ -59,10 +59,12 @@ def loadavg() -> list[float]:
 class Child:
     """A python -m module child on a free loopback port; stopped by its own PID."""
 
-    def __init__(self, module: str, *args: str, health: str = "/", log: Path | None = None) -> None:
+    def __init__(
+        self, module: str, *args: str, health: str = "/", log: Path | None = None, python: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._cmd = [sys.executable, "-m", module, "--port", str(self.port), *args]
+        self._cmd = [python or sys.executable, "-m", module, "--port", str(self.port), *args]
         self._health = health
         self._log = log
         self.proc: subprocess.Popen[bytes] | None = None

@@ -2,11 +2,11 @@
 
 ``python -m bench.service_proc --port P --letta URL --window W --keepalive K [--pool N]``
 
-``--pool 0`` (default) keeps the app's own Letta client (letta-client's default
-connection pool: 100 connections).  ``--pool N`` hands ``create_app`` a client with
-an N-connection pool instead, to measure what the service can do once that limit
-is raised.  Binds 127.0.0.1 only; stops on SIGTERM/SIGINT through hypercorn's
-shutdown trigger.
+The service as deployed: ``create_app`` with its own Letta clients and hypercorn with the
+settings of ``hypercorn.toml`` (its event loop — ``worker_class`` — included); only the
+bind address, logging and the shutdown grace are the bench's.  ``--pool N`` hands
+``create_app`` one client with a plain N-connection pool instead.  Binds 127.0.0.1 only;
+stops on SIGTERM/SIGINT through hypercorn's shutdown trigger.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from app.settings import Settings
 
 from .client import TOKEN
 from .letta_emulator import raise_fd_limit
+from .procs import REPO_ROOT
 
 
 def build_client(settings: Settings, pool: int) -> AsyncLetta | None:
@@ -80,12 +81,11 @@ async def run(args: argparse.Namespace) -> None:
     known = {field.name for field in attrs.fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
     app = create_app(settings, client=build_client(settings, args.pool))
-    config = Config()
+    config = deployed_config()
     config.bind = [f"127.0.0.1:{args.port}"]
-    config.backlog = 4096
     config.accesslog = None
+    config.errorlog = None
     config.graceful_timeout = 1
-    config.keep_alive_timeout = 75
     if args.diagnose:
         log_gc_pauses()
         probe = asyncio.create_task(log_loop_lag())
@@ -95,6 +95,11 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await serve(app, config, shutdown_trigger=stop.wait)
+
+
+def deployed_config() -> Config:
+    """hypercorn's settings as ``hypercorn app:app -c hypercorn.toml`` reads them."""
+    return Config.from_toml(REPO_ROOT / "hypercorn.toml")
 
 
 def main() -> None:
@@ -112,7 +117,12 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "WARNING")))
-    asyncio.run(run(args))
+    if deployed_config().worker_class == "uvloop":  # as hypercorn's uvloop worker runs the app
+        import uvloop
+
+        uvloop.run(run(args))
+    else:
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""Part 5: the pipeline stages alone, in-process, under asyncio and trio.
+"""The pipeline stages alone, in-process, under asyncio and trio.
 
-An in-memory source of SDK chunk objects (a ping, assistant deltas, stop reason,
-usage) → filter → throttle → keepalive → encode, read to the end.  Every run checks
-that the concatenated text is exactly what went in and that the last frame is
-``done``.
+An in-memory source of Letta chunks (a ping, assistant deltas, stop reason, usage)
+read to the end two ways: **tasks** — SDK models through source → filter → throttle →
+keepalive → encode with a task per stage and one-item links (:func:`open_pipeline`,
+the unfused form); **fused** — the raw stream's ``dict`` messages through the service's
+composition (:func:`~pipeline.presets.letta_sse`'s parts: the map fused into the source,
+the throttle boundary, the keepalive timer and encoding in the reader, which takes every
+ready frame at once).  Every run checks that the concatenated text is exactly what went
+in and that the last frame is ``done``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import anyio
 from letta_client.types.agents import AssistantMessage
 from letta_client.types.agents.letta_streaming_response import LettaPing, LettaStopReason, LettaUsageStatistics
 
-from pipeline.compose import open_pipeline
+from pipeline.compose import open_flow, open_pipeline
 from pipeline.encode import encode_sse
 from pipeline.filter import filter_letta
-from pipeline.keepalive import keepalive
+from pipeline.keepalive import IdleKeepalive, keepalive
+from pipeline.letta_map import LettaMapper
 from pipeline.source import read_source
-from pipeline.sse import decode_events
+from pipeline.sse import SSEEncoder, decode_events
 from pipeline.streams import Send
-from pipeline.throttle import throttle
+from pipeline.throttle import Throttle, throttle
 
 from .client import BenchError
 from .stats import median, r
@@ -74,6 +79,20 @@ async def one_run(chunks: list[Any], window: float) -> tuple[float, list[bytes]]
     return time.perf_counter() - began, frames
 
 
+async def fused_run(chunks: list[Any], window: float) -> tuple[float, list[bytes]]:
+    frames: list[bytes] = []
+    began = time.perf_counter()
+    async with open_flow(
+        partial(_source, chunks), LettaMapper(), Throttle(window), IdleKeepalive(15.0), SSEEncoder()
+    ) as recv:
+        while True:
+            try:
+                frames += await recv.receive_ready()
+            except anyio.EndOfStream:
+                break
+    return time.perf_counter() - began, frames
+
+
 def check(frames: list[bytes], count: int, label: str) -> None:
     events = list(decode_events(frames))
     text = "".join(getattr(e, "content", "") for e in events if type(e).__name__ == "Text")
@@ -84,17 +103,19 @@ def check(frames: list[bytes], count: int, label: str) -> None:
 def run(quick: bool, runs: int) -> dict[str, Any]:
     count = 2000 if quick else 20000
     chunks = make_chunks(count)
+    raw = [chunk.model_dump(mode="json") for chunk in chunks]  # what the raw stream yields
     out: dict[str, Any] = {}
     for backend in ("asyncio", "trio"):
         for window in (0.0, 0.05):
-            rates, frames_n = [], []
-            for i in range(runs + 1):
-                elapsed, frames = anyio.run(one_run, chunks, window, backend=backend)
-                check(frames, count, f"stages {backend} w={window}")
-                if i:
-                    rates.append(len(chunks) / elapsed)
-                    frames_n.append(len(frames))
-            key = f"{backend} w={window * 1000:g}ms"
-            out[key] = {"chunks": len(chunks), "chunks_per_s": r(median(rates), 0), "frames": median(frames_n)}
-            print(f"  {key}: {out[key]}", flush=True)
+            for form, run_one, items in (("tasks", one_run, chunks), ("fused", fused_run, raw)):
+                rates, frames_n = [], []
+                for i in range(runs + 1):
+                    elapsed, frames = anyio.run(run_one, items, window, backend=backend)
+                    check(frames, count, f"stages {form} {backend} w={window}")
+                    if i:
+                        rates.append(len(items) / elapsed)
+                        frames_n.append(len(frames))
+                key = f"{form}, {backend}, w={window * 1000:g}ms"
+                out[key] = {"chunks": len(items), "chunks_per_s": r(median(rates), 0), "frames": median(frames_n)}
+                print(f"  {key}: {out[key]}", flush=True)
     return out

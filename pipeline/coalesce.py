@@ -84,6 +84,11 @@ class Coalescer:
         )
 
     @property
+    def has_ready(self) -> bool:
+        """Events are ready to be taken now (not only text waiting for its window)."""
+        return bool(self._ready)
+
+    @property
     def empty(self) -> bool:
         """Nothing ready and nothing held."""
         return not self._ready and self._kind is None

@@ -5,6 +5,18 @@ next by a memory object stream of ``buffer`` items (small, so a slow consumer sl
 the source down instead of filling memory).  It yields the last stage's receive
 stream to the caller, who reads it in the same task that entered the context.
 
+:func:`open_flow` is the same with two economies, as Akka Streams fuses operators and
+marks asynchronous boundaries:
+
+- **Fused steps.**  A part that is a pure :class:`Step` (``feed(item) -> items`` and
+  ``finish() -> items``, e.g. :class:`~pipeline.letta_map.LettaMapper` or
+  :class:`~pipeline.sse.SSEEncoder`) gets no task and no link: it runs inside the task of
+  the stage that reads its output (or the caller's, at the end).  Only stages that need
+  time of their own (a source, the throttle, the keepalive) are tasks.
+- **Batching links.**  A link hands over what is ready as one batch when its consumer is
+  behind (:class:`~pipeline.streams.BatchSend`), bounded by ``batch`` items; the caller
+  can take everything ready at once with ``receive_ready()`` (one HTTP write for many frames).
+
 Leaving the context — normally, by an exception, or by cancellation (a client that
 went away) — cancels every stage still running and waits for it, so each closes its
 streams and the source closes what it reads.  An exception in any stage cancels the
@@ -13,14 +25,17 @@ others and the caller's block, and is raised from the ``async with``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .streams import Source, Stage
+from .events import Keepalive
+from .keepalive import IdleKeepalive
+from .streams import BatchReceive, BatchSend, Feed, Send, Source, Stage
 
 
 @asynccontextmanager
@@ -38,5 +53,113 @@ async def open_pipeline(
         with recv:
             try:
                 yield recv
+            finally:
+                tg.cancel_scope.cancel()
+
+
+@runtime_checkable
+class Step(Protocol):
+    """A pure stage: ``feed`` answers the items one item means, ``finish`` what is left at the end.
+
+    No I/O, no waiting, no clock: it can run in any task, so :func:`open_flow` fuses it
+    into a neighbour's instead of giving it one.
+    """
+
+    def feed(self, item: Any) -> Iterable[Any]: ...
+
+    def finish(self) -> Iterable[Any]: ...
+
+
+class Fused:
+    """Steps run one after the other as one step (what :func:`fuse` returns)."""
+
+    def __init__(self, steps: Iterable[Feed]) -> None:
+        self.steps: tuple[Feed, ...] = tuple(steps)
+
+    def feed(self, item: Any) -> list[Any]:
+        items: Iterable[Any] = (item,)
+        for step in self.steps:
+            items = [out for one in items for out in step.feed(one)]
+        return list(items)
+
+    def finish(self) -> list[Any]:
+        carried: list[Any] = []
+        for step in self.steps:  # what an earlier step releases at the end still goes through the later ones
+            carried = [out for one in carried for out in step.feed(one)]
+            carried.extend(step.finish())
+        return carried
+
+
+def fuse(*steps: Feed) -> Feed:
+    """One step doing ``steps`` in order (nested :class:`Fused` are flattened)."""
+    flat: list[Feed] = []
+    for step in steps:
+        flat.extend(step.steps if isinstance(step, Fused) else (step,))
+    return flat[0] if len(flat) == 1 else Fused(flat)
+
+
+def is_step(part: object) -> bool:
+    """Whether ``part`` is a pure step (fused) rather than a stage (a task)."""
+    return isinstance(part, Step) and not callable(part)
+
+
+@runtime_checkable
+class Boundary(Protocol):
+    """A part with its own buffer and task whose *input* runs in its upstream's task.
+
+    ``open(step)`` answers the send end its upstream writes to (``step``, the pure steps
+    before it, fused on that side) and the task that drains it into the next link.
+    :class:`~pipeline.throttle.Throttle` is one: its coalescer is the link.
+    """
+
+    def open(self, step: Feed | None) -> tuple[Send, Callable[[Send], Awaitable[Any]]]: ...
+
+
+@asynccontextmanager
+async def open_flow(
+    source: Source, *parts: Stage | Feed | Boundary | IdleKeepalive, batch: int = 64, send_timeout: float | None = None
+) -> AsyncIterator[BatchReceive]:
+    """Run ``source`` → ``parts`` in one task group; yield the end the caller reads.
+
+    ``parts`` are stages (each its own task), boundaries (a task, fed from the upstream's
+    task), steps (fused into the task that reads their input, or into the caller's after
+    the last task) and :class:`~pipeline.keepalive.IdleKeepalive` (a timer in the reader of
+    its link).  Links hold one batch of at most ``batch`` items.  With ``send_timeout``,
+    a caller that takes nothing for that long ends the flow with
+    :class:`~pipeline.errors.ConsumerStalled`.  The yielded end has ``receive()``,
+    ``async for`` and ``receive_ready()`` (all items ready now, as a list).
+    """
+    async with anyio.create_task_group() as tg:
+        task: Callable[[Send], Awaitable[Any]] = source
+        steps: list[Feed] = []
+        idle: IdleKeepalive | None = None
+
+        def reader(raw: MemoryObjectReceiveStream[Any]) -> BatchReceive:
+            step = fuse(*steps) if steps else None
+            if idle is None:
+                return BatchReceive(raw, step=step)
+            return BatchReceive(raw, step=step, idle=idle.interval, on_idle=Keepalive)
+
+        for part in parts:
+            if isinstance(part, IdleKeepalive):
+                idle = part
+            elif is_step(part):
+                steps.append(part)  # type: ignore[arg-type]
+            elif isinstance(part, Boundary):
+                if idle is not None:
+                    raise ValueError("a keepalive must be read by a stage or the caller, not by a boundary")
+                send_end, drain = part.open(fuse(*steps) if steps else None)
+                tg.start_soon(task, send_end)  # type: ignore[arg-type]
+                task, steps = drain, []
+            else:
+                send, raw = anyio.create_memory_object_stream[Any](1)
+                tg.start_soon(task, BatchSend(send, batch))  # type: ignore[arg-type]
+                stage: Stage = part  # type: ignore[assignment]
+                task, steps, idle = partial(stage, reader(raw)), [], None
+        send, raw = anyio.create_memory_object_stream[Any](1)
+        tg.start_soon(task, BatchSend(send, batch, timeout=send_timeout))  # type: ignore[arg-type]
+        with reader(raw) as out:
+            try:
+                yield out
             finally:
                 tg.cancel_scope.cancel()

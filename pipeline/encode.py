@@ -16,7 +16,7 @@ async def encode_sse(
 ) -> None:
     """Encode every event of ``recv`` as one SSE frame.  Closes both streams.
 
-    Items that are already ``bytes`` (frames encoded upstream, once) pass unchanged.
+    Items that are ``bytes`` already (frames encoded upstream) pass through unchanged.
 
     With ``send_timeout``, a consumer that takes no frame for that long raises
     :class:`ConsumerStalled`, which ends the whole pipeline (and so cancels the
@@ -26,7 +26,7 @@ async def encode_sse(
     limit = math.inf if send_timeout is None else send_timeout
     with send, recv:
         async for event in recv:
-            frame = event if isinstance(event, bytes) else encoder.encode(event)
+            frame = event if type(event) is bytes else encoder.encode(event)
             with anyio.move_on_after(limit) as waited:
                 await send.send(frame)
             if waited.cancelled_caught:

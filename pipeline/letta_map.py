@@ -22,7 +22,8 @@ keepalive): Letta's opening ping (seq 1), or position 0 ("from the start").
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final
 
 import attrs
 from letta_client.types import ToolReturnMessage
@@ -36,6 +37,7 @@ from letta_client.types.agents.letta_streaming_response import (
     LettaErrorMessage,
     LettaPing,
     LettaStopReason,
+    LettaStreamingResponse,
     LettaUsageStatistics,
 )
 
@@ -107,14 +109,22 @@ class LettaMapper:
     _finished: bool = attrs.field(default=False, init=False)
 
     def feed(self, chunk: object) -> list[Event]:
-        """The events ``chunk`` means, in order."""
+        """The events ``chunk`` means, in order.
+
+        ``chunk`` is an SDK model, or the same message as Letta sent it: its JSON object as
+        a ``dict`` (what :class:`~pipeline.letta_raw.RawLettaStream` yields, without a
+        pydantic model per chunk).  Both give the same events.
+        """
         if self._finished:
             return []
-        run_id = getattr(chunk, "run_id", None)
+        raw = type(chunk) is dict
+        run_id = chunk.get("run_id") if raw else getattr(chunk, "run_id", None)  # type: ignore[attr-defined]
         if isinstance(run_id, str) and run_id:
             self.run_id = run_id
         if not self.resumable:
-            return self._map(chunk)
+            return self._map_raw(chunk) if raw else self._map(chunk)  # type: ignore[arg-type]
+        if raw:
+            chunk = _model(chunk)  # type: ignore[arg-type]  # resume positions: the rare path, kept in one place
         before = self.position
         first = before is None and self.run_id is not None
         if first:
@@ -171,6 +181,75 @@ class LettaMapper:
             out.append(chunk)
         return out
 
+    def _map_raw(self, chunk: dict[str, Any]) -> list[Event]:
+        """:meth:`_map` for a message as Letta sent it (a JSON object), rule for rule."""
+        kind = chunk.get("message_type")
+        if kind is None:
+            kind = _untagged_kind(chunk)
+        out: list[Event] = []
+        if kind == "assistant_message":  # the hot path first
+            self._close_call(out)
+            self._thinking = False
+            text = _raw_assistant_text(chunk.get("content"))
+            if text:
+                out.append(Text(text))
+            return out
+        if kind == "tool_call_message":
+            self._raw_tool_call(chunk, out)
+            return out
+        if kind == "ping":
+            return [Keepalive()]
+        if kind == "usage_statistics":
+            self._remember_raw(kind, chunk)
+            return out
+        self._close_call(out)
+        if kind == "reasoning_message":
+            self._think(out)
+            reasoning = chunk.get("reasoning")
+            if self.show_reasoning and reasoning:
+                out.append(Reasoning(reasoning))
+            return out
+        if kind == "hidden_reasoning_message":
+            self._think(out)
+            return out
+        if kind == "stop_reason":
+            self._remember_raw(kind, chunk)
+            return out
+        self._thinking = False
+        if kind == "tool_return_message":
+            out.extend(self._raw_tool_results(chunk))
+        elif kind == "error_message":
+            message = str(chunk.get("message") or "")
+            detail = chunk.get("detail")
+            text = f"{message}: {detail}" if detail else message
+            out.append(self._fail(Error(text, chunk.get("error_type") or "letta_error")))
+        return out
+
+    def _remember_raw(self, kind: str, chunk: dict[str, Any]) -> None:
+        if kind == "stop_reason":
+            self.stop_reason = chunk.get("stop_reason")
+        else:
+            self.usage = Usage(
+                prompt_tokens=chunk.get("prompt_tokens"),
+                completion_tokens=chunk.get("completion_tokens"),
+                total_tokens=chunk.get("total_tokens"),
+                step_count=chunk.get("step_count"),
+            )
+
+    def _raw_tool_call(self, chunk: dict[str, Any], out: list[Event]) -> None:
+        calls = chunk.get("tool_calls")
+        deltas = calls if isinstance(calls, list) else [chunk.get("tool_call") or {}]
+        self._tool_deltas(((d.get("tool_call_id"), d.get("name"), d.get("arguments")) for d in deltas), out)
+
+    def _raw_tool_results(self, chunk: dict[str, Any]) -> list[Event]:
+        returns = chunk.get("tool_returns")
+        if returns:
+            return [
+                self._result(r.get("tool_call_id"), r.get("status"), _text_or_empty(r.get("tool_return")))
+                for r in returns
+            ]
+        return [self._result(chunk.get("tool_call_id"), chunk.get("status"), chunk.get("tool_return") or "")]
+
     def finish(self) -> list[Event]:
         """End of the upstream stream: flush, then exactly one terminal event (unless one was sent)."""
         if self._finished:
@@ -213,10 +292,12 @@ class LettaMapper:
             )
 
     def _tool_call(self, chunk: ToolCallMessage, out: list[Event]) -> None:
-        self._thinking = False
         deltas = chunk.tool_calls if isinstance(chunk.tool_calls, list) else [chunk.tool_call]
-        for delta in deltas:
-            call_id, name = delta.tool_call_id, delta.name
+        self._tool_deltas(((d.tool_call_id, d.name, d.arguments) for d in deltas), out)
+
+    def _tool_deltas(self, deltas: Iterable[tuple[str | None, str | None, str | None]], out: list[Event]) -> None:
+        self._thinking = False
+        for call_id, name, arguments in deltas:
             call = self._call
             if call is None or (call_id is not None and call.call_id is not None and call_id != call.call_id):
                 self._close_call(out)
@@ -230,8 +311,8 @@ class LettaMapper:
                 if call.call_id:
                     self._tool_names[call.call_id] = call.name
                 out.append(Status(using(call.name)))
-            if delta.arguments:
-                call.arguments.append(delta.arguments)
+            if arguments:
+                call.arguments.append(arguments)
 
     def _close_call(self, out: list[Event]) -> None:
         call, self._call = self._call, None
@@ -246,8 +327,9 @@ class LettaMapper:
             ]
         return [self._result(chunk.tool_call_id, chunk.status, chunk.tool_return)]
 
-    def _result(self, call_id: str, status: str, returned: str) -> ToolResult:
-        return ToolResult(self._tool_names.get(call_id), status == "success", returned[: self.preview_chars], call_id)
+    def _result(self, call_id: str | None, status: str | None, returned: str) -> ToolResult:
+        name = self._tool_names.get(call_id) if call_id is not None else None
+        return ToolResult(name, status == "success", returned[: self.preview_chars], call_id)
 
 
 def _assistant_text(chunk: AssistantMessage) -> str:
@@ -258,3 +340,44 @@ def _assistant_text(chunk: AssistantMessage) -> str:
 
 def _error_text(chunk: LettaErrorMessage) -> str:
     return f"{chunk.message}: {chunk.detail}" if chunk.detail else chunk.message
+
+
+def _raw_assistant_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _untagged_kind(chunk: dict[str, Any]) -> str | None:
+    """The type of a message without ``message_type`` (optional in the SDK's models), by its own fields."""
+    for key, kind in _TELLING_FIELDS:
+        if chunk.get(key) is not None:
+            return kind
+    return None
+
+
+_TELLING_FIELDS: Final = (
+    ("stop_reason", "stop_reason"),
+    ("total_tokens", "usage_statistics"),
+    ("step_count", "usage_statistics"),
+    ("tool_call", "tool_call_message"),
+    ("tool_calls", "tool_call_message"),
+    ("tool_return", "tool_return_message"),
+    ("tool_returns", "tool_return_message"),
+    ("error_type", "error_message"),
+    ("state", "hidden_reasoning_message"),
+    ("reasoning", "reasoning_message"),
+)
+
+
+def _model(chunk: dict[str, Any]) -> object:
+    """The SDK model of a raw message, as letta-client's stream would have built it."""
+    from letta_client._models import construct_type
+
+    return construct_type(type_=LettaStreamingResponse, value=chunk)
+
+
+def _text_or_empty(value: object) -> str:
+    return value if isinstance(value, str) else ""

@@ -35,6 +35,7 @@ from letta_client import (
 
 from .cursor import Cursor
 from .events import Error
+from .letta_raw import RawLettaStream, open_raw_stream
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
 from .streams import Send
 
@@ -52,18 +53,19 @@ class LettaTurn:
 
     client: AsyncLetta
     agent_id: str
-    stream: AsyncStream[Any]
+    stream: AsyncStream[Any] | RawLettaStream
     run_id: str | None = None
     control: AsyncLetta | None = None
     background: bool = False
     """Started in Letta's background mode: its chunks are numbered and it can be resumed."""
 
     async def chunks(self) -> AsyncIterator[Any]:
-        """The stream's chunks, noting the run id on the way."""
+        """The stream's chunks (SDK models, or ``dict`` messages from a raw stream), noting the run id on the way."""
         async for chunk in self.stream:
-            run_id = getattr(chunk, "run_id", None)
-            if self.run_id is None and isinstance(run_id, str):
-                self.run_id = run_id
+            if self.run_id is None:
+                run_id = chunk.get("run_id") if type(chunk) is dict else getattr(chunk, "run_id", None)
+                if isinstance(run_id, str):
+                    self.run_id = run_id
             yield chunk
 
     async def cancel_run(self) -> None:
@@ -86,23 +88,31 @@ async def start_turn(
     max_steps: int | None = None,
     control: AsyncLetta | None = None,
     background: bool = False,
+    raw: bool = True,
 ) -> LettaTurn:
     """Send ``message`` to the agent and return its open stream.
 
     Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before
     any chunk is read; in background mode a Letta without Redis answers 503 here.
     The caller owns the returned turn and must close it (:func:`letta_source` does).
+
+    ``raw`` (the default) reads the response through :mod:`pipeline.letta_raw`: the
+    chunks are Letta's JSON objects as ``dict`` values, which the mapper maps exactly as
+    the SDK's models (``raw=False``), for a fraction of the cost.
     """
-    stream = await client.agents.messages.create(  # POST /v1/agents/{id}/messages, streaming=true
-        agent_id,
-        streaming=True,
-        input=message,
-        stream_tokens=stream_tokens,
-        include_pings=True,
-        enable_thinking="true" if thinking else "false",
-        max_steps=max_steps if max_steps is not None else omit,
-        background=True if background else omit,
-    )
+    params: dict[str, Any] = {
+        "input": message,
+        "stream_tokens": stream_tokens,
+        "include_pings": True,
+        "enable_thinking": "true" if thinking else "false",
+        "max_steps": max_steps if max_steps is not None else omit,
+        "background": True if background else omit,
+    }
+    stream: AsyncStream[Any] | RawLettaStream
+    if raw:
+        stream = await open_raw_stream(client, agent_id, **params)
+    else:
+        stream = await client.agents.messages.create(agent_id, streaming=True, **params)  # POST .../messages
     return LettaTurn(client, agent_id, stream, control=control, background=background)
 
 

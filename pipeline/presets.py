@@ -10,16 +10,19 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .compose import open_pipeline
+from .compose import open_flow, open_pipeline
 from .encode import encode_sse
 from .filter import filter_letta
-from .keepalive import keepalive
+from .keepalive import IdleKeepalive, keepalive
 from .letta_map import LettaMapper
 from .letta_turn import Abandon, LettaTurn, letta_source
 from .sse import SSEEncoder
-from .streams import Stage
-from .tap import tap
-from .throttle import throttle
+from .streams import Feed, Receive, Stage
+from .tap import Observe, tap
+from .throttle import Throttle, throttle
+
+DEFAULT_BATCH = 16
+"""Items a link may hand over at once to a consumer that is behind (frames of up to 4 KiB of text each)."""
 
 
 def letta_events(
@@ -28,13 +31,20 @@ def letta_events(
     mapper: LettaMapper | None = None,
     window: float = 0.05,
     buffer: int = 1,
-) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
-    """source → filter → throttle: the turn as coalesced events (for scripts)."""
-    return open_pipeline(
+    batch: int = DEFAULT_BATCH,
+) -> AbstractAsyncContextManager[Receive]:
+    """source → map → throttle: the turn as coalesced events (for scripts).
+
+    Two tasks: the source, which maps each chunk and pushes the events into the
+    throttle's coalescer (:class:`~pipeline.throttle.Throttle`), and the throttle's writer
+    (:func:`~pipeline.compose.open_flow`).  ``batch`` bounds a link's batch (``buffer`` is
+    kept for callers of the older form).
+    """
+    return open_flow(
         partial(letta_source, turn),
-        partial(filter_letta, mapper=mapper),
-        partial(throttle, window=window),
-        buffer=buffer,
+        mapper if mapper is not None else LettaMapper(),
+        Throttle(window),
+        batch=max(batch, buffer),
     )
 
 
@@ -51,12 +61,44 @@ def letta_sse(
     abandon: Abandon | None = None,
     stop: anyio.Event | None = None,
     buffer: int = 1,
-) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
-    """source → filter → throttle → keepalive → [tap] → encode: the turn as SSE frame bytes.
+    batch: int = DEFAULT_BATCH,
+) -> AbstractAsyncContextManager[Receive]:
+    """source → map → throttle → keepalive → [observe] → encode: the turn as SSE frame bytes.
 
-    ``observe`` sees every event just before it is encoded; ``send_timeout`` ends the
-    stream when the consumer takes nothing for that long.
+    Two tasks (:func:`~pipeline.compose.open_flow`): the source, which maps each chunk and
+    pushes the events into the throttle's coalescer, and the throttle's writer.  The
+    keepalive timer, observe and encode run in the reader's task (the HTTP body), which
+    takes every ready frame at once (``receive_ready()``).  ``observe`` sees every event
+    just before it is encoded; ``send_timeout`` ends the stream when the consumer takes
+    nothing for that long.
     """
+    parts: list[Feed | Throttle | IdleKeepalive] = [
+        mapper if mapper is not None else LettaMapper(),
+        Throttle(window),
+        IdleKeepalive(keepalive_interval),
+    ]
+    if observe is not None:
+        parts.append(Observe(observe))
+    parts.append(encoder if encoder is not None else SSEEncoder())
+    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon, stop=stop)
+    return open_flow(source, *parts, batch=max(batch, buffer), send_timeout=send_timeout)
+
+
+def letta_sse_tasks(
+    turn: LettaTurn,
+    *,
+    mapper: LettaMapper | None = None,
+    window: float = 0.05,
+    keepalive_interval: float = 15.0,
+    encoder: SSEEncoder | None = None,
+    send_timeout: float | None = None,
+    observe: Callable[[Any], object] | None = None,
+    cancel_timeout: float = 5.0,
+    abandon: Abandon | None = None,
+    stop: anyio.Event | None = None,
+    buffer: int = 1,
+) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+    """The same chain with a task per stage and one-item links (the unfused form, for comparison)."""
     stages: list[Stage] = [
         partial(filter_letta, mapper=mapper),
         partial(throttle, window=window),

@@ -17,6 +17,7 @@ at the end of the stream is discarded.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterable, Iterator
 from typing import Final
 
@@ -26,6 +27,7 @@ from . import wire
 from .events import Event, Keepalive
 
 KEEPALIVE_FRAME: Final = b": keepalive\n\n"
+_LINE_END: Final = re.compile("\r\n|\r|\n")
 
 
 @attrs.frozen
@@ -50,8 +52,17 @@ class SSEEncoder:
     retry_ms: int | None = 3000
     _first: bool = attrs.field(default=True, init=False)
 
+    def feed(self, item: Event | bytes) -> tuple[bytes]:
+        """As a pure step (:mod:`pipeline.compose`): one frame per event; bytes (a frame already) pass unchanged."""
+        return (item if type(item) is bytes else self.encode(item),)  # type: ignore[arg-type]
+
+    def finish(self) -> tuple[()]:
+        return ()
+
     def encode(self, event: Event) -> bytes:
         """The bytes of one frame carrying ``event``."""
+        if not self._first and event.cursor is None and type(event) in wire.FAST_TYPES:
+            return wire.fast_frame(event)  # type: ignore[arg-type]  # the hot path: a text delta
         head = b""
         if self._first:
             self._first = False
@@ -133,24 +144,16 @@ class LineSplitter:
             self._pending_cr = False
             if text.startswith("\n"):
                 text = text[1:]
-        text = self._buffer + text
-        lines: list[str] = []
-        start = 0
-        i = 0
-        n = len(text)
-        while i < n:
-            ch = text[i]
-            if ch == "\n" or ch == "\r":
-                lines.append(text[start:i])
-                if ch == "\r":
-                    if i + 1 < n:
-                        if text[i + 1] == "\n":
-                            i += 1
-                    else:
-                        self._pending_cr = True
-                start = i + 1
-            i += 1
-        self._buffer = text[start:]
+        text = self._buffer + text if self._buffer else text
+        if "\r" not in text:  # the common case (LF only): one C-level split
+            *lines, self._buffer = text.split("\n")
+            return lines
+        if text.endswith("\r"):  # a CR at the end may be the first half of a CRLF split across chunks
+            self._pending_cr = True
+            parts = _LINE_END.split(text[:-1])
+            self._buffer = ""
+            return parts
+        *lines, self._buffer = _LINE_END.split(text)
         return lines
 
 

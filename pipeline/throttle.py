@@ -10,11 +10,15 @@ passes backpressure upstream.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 import anyio
+import anyio.lowlevel
 
 from .coalesce import Coalescer
-from .streams import Receive, Send
+from .events import Reasoning, Text
+from .streams import Feed, Receive, Send
 
 
 class _Wakeup:
@@ -27,9 +31,16 @@ class _Wakeup:
         self._event.set()
 
     async def wait(self, at_most: float = math.inf) -> None:
-        with anyio.move_on_after(at_most):
-            await self._event.wait()
-        self._event = anyio.Event()
+        event = self._event
+        if event.is_set():
+            await anyio.lowlevel.checkpoint()
+        elif at_most == math.inf:
+            await event.wait()
+        else:
+            with anyio.move_on_after(at_most):
+                await event.wait()
+        if event.is_set():  # a timer that ran out leaves the event as it was: keep it
+            self._event = anyio.Event()
 
 
 async def throttle(
@@ -79,3 +90,131 @@ async def throttle(
             tg.start_soon(reader)
             await writer()
             tg.cancel_scope.cancel()
+
+
+class Throttle:
+    """The throttle as an asynchronous boundary of :func:`~pipeline.compose.open_flow`.
+
+    The same coalescing as :func:`throttle`, with its reader fused away: the stage before
+    it (the source) pushes straight into the :class:`Coalescer` (through the pure steps
+    between them, e.g. the Letta mapping), waiting only while the coalescer is full
+    (backpressure), and waking the writer only when something is due sooner than it was
+    going to wake anyway.  The writer is the boundary's one task.
+    """
+
+    def __init__(
+        self, window: float = 0.05, max_chars: int = 4096, max_backlog: int = 32, max_buffered_chars: int = 65536
+    ) -> None:
+        self.window = window
+        self.max_chars = max_chars
+        self.max_backlog = max_backlog
+        self.max_buffered_chars = max_buffered_chars
+
+    def open(self, step: Feed | None) -> tuple[CoalescingSend, Callable[[Send], Awaitable[None]]]:
+        """The send end its upstream writes to, and the writer to run as a task (sending to ``send``)."""
+        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars)
+        link = CoalescingSend(coalescer, step, hand_over_text=self.window <= 0)
+        return link, link.write
+
+
+class CoalescingSend:
+    """A link whose buffer is a :class:`Coalescer`: ``send`` pushes, :meth:`write` sends what is due.
+
+    When nothing is held or being sent and the next link takes an event at once, an event
+    that would be due at once anyway (anything but text, or text with a zero window) is
+    handed straight to it: no wake-up of the writer, no delay.
+    """
+
+    def __init__(self, coalescer: Coalescer, step: Feed | None, *, hand_over_text: bool = False) -> None:
+        self._coalescer = coalescer
+        self._step = step
+        self._hand_over_text = hand_over_text
+        self._to_writer, self._to_sender = _Wakeup(), _Wakeup()
+        self._open = True
+        self._gone = False  # the writer stopped: nobody takes anything any more
+        self._out: Send | None = None  # the writer's send end, while it is waiting (holding nothing)
+
+    def _push(self, event: object) -> None:
+        coalescer = self._coalescer
+        out = self._out
+        if out is not None and coalescer.empty and (self._hand_over_text or not isinstance(event, (Text, Reasoning))):
+            try:
+                out.send_nowait(event)
+                return
+            except anyio.WouldBlock:
+                pass
+        idle = coalescer.empty
+        coalescer.push(event, anyio.current_time())  # type: ignore[arg-type]
+        if idle or coalescer.has_ready:  # a new window began, or something is due now: the writer must know
+            self._to_writer.set()
+
+    def send_nowait(self, item: object) -> None:
+        if self._gone:
+            raise anyio.BrokenResourceError
+        if not self._open:
+            raise anyio.ClosedResourceError
+        if self._coalescer.full:
+            raise anyio.WouldBlock
+        for event in self._step.feed(item) if self._step is not None else (item,):
+            self._push(event)
+
+    async def send(self, item: object) -> None:
+        try:
+            if self._gone:
+                raise anyio.BrokenResourceError
+            if not self._open:
+                raise anyio.ClosedResourceError
+            for event in self._step.feed(item) if self._step is not None else (item,):
+                self._push(event)
+            while self._coalescer.full and not self._gone:
+                await self._to_sender.wait()
+            if self._gone:
+                raise anyio.BrokenResourceError
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled flow ends by its cancellation, not this
+            raise
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._out = None  # what the step releases at the end goes through the writer: closing never raises
+        if self._step is not None and not self._gone:
+            for event in self._step.finish():
+                self._push(event)
+        self._open = False
+        self._to_writer.set()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> CoalescingSend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def write(self, send: Send) -> None:
+        """Send what is due, when it is due, until the upstream closed and all is sent.  Closes ``send``."""
+        coalescer = self._coalescer
+        try:
+            with send:
+                while True:
+                    batch = coalescer.take(anyio.current_time()) if self._open else coalescer.flush()
+                    if batch:
+                        self._to_sender.set()
+                        for event in batch:
+                            await send.send(event)
+                        continue
+                    if not self._open:
+                        return
+                    deadline = coalescer.deadline
+                    self._out = send  # waiting, holding nothing in hand: the sender may hand over directly
+                    try:
+                        await self._to_writer.wait(math.inf if deadline is None else deadline - anyio.current_time())
+                    finally:
+                        self._out = None
+        finally:
+            self._gone = True
+            self._to_sender.set()

@@ -40,6 +40,52 @@ def _with_run(chunk: Any, run_id: str) -> Any:
     return chunk.model_copy(update={"run_id": run_id}) if "run_id" in type(chunk).model_fields else chunk
 
 
+class FakeHTTPResponse:
+    """The streamed body of one turn as Letta frames it (``data: {json}`` per chunk, then ``[DONE]``)."""
+
+    status_code = 200
+
+    def __init__(self, stream: FakeStream) -> None:
+        self._stream = stream
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield b"data: " + chunk.model_dump_json().encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        await self._stream.close()
+
+
+class FakeAPIResponse:
+    """What ``with_streaming_response.create(...)`` enters: letta-client's ``AsyncAPIResponse``, streamed."""
+
+    def __init__(self, stream: FakeStream) -> None:
+        self.stream = stream
+        self.http_response = FakeHTTPResponse(stream)
+
+    async def close(self) -> None:
+        await self.stream.close()
+
+
+class FakeStreamingCall:
+    def __init__(self, messages: FakeMessages, agent_id: str, kwargs: dict[str, Any]) -> None:
+        self._messages, self._agent_id, self._kwargs = messages, agent_id, kwargs
+
+    async def __aenter__(self) -> FakeAPIResponse:
+        stream = await self._messages.create(self._agent_id, **self._kwargs)
+        assert isinstance(stream, FakeStream)
+        return FakeAPIResponse(stream)
+
+
+class FakeWithStreamingResponse:
+    def __init__(self, messages: FakeMessages) -> None:
+        self._messages = messages
+
+    def create(self, agent_id: str, **kwargs: Any) -> FakeStreamingCall:
+        return FakeStreamingCall(self._messages, agent_id, kwargs)
+
+
 class FakeRun:
     """One foreground run: its chunks, how many were produced, and its status."""
 
@@ -161,6 +207,7 @@ class FakeMessages:
         self.cancelled: list[str] = []
         """The agent of every cancel request."""
         self.reply = ["Hello", " student"]
+        self.with_streaming_response = FakeWithStreamingResponse(self)
 
     async def create(
         self, agent_id: str, *, streaming: bool = False, input: str = "", **kwargs: Any

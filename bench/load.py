@@ -1,0 +1,102 @@
+"""Parts 3 and 4: many streams at once through each target — throughput at max rate, and a classroom.
+
+**Throughput** (1, 20, 100 concurrent streams, the emulator writing as fast as it can):
+deltas delivered per second over all streams, from the first request to the last
+``done``.  **Classroom**: 300 students whose streams start spread over 1 s, each answer
+40 deltas/s for 10 s (a class asking at once, at a model's pace): the target process's
+CPU while it serves them, and every delta's delay from the emulator's write to the
+client's read (p50/p99 over all deltas of all streams).  Each figure reuses its students'
+agents; a first, short pass (not counted) lets a service learn them, as it would have at startup.
+
+One client process (raw asyncio sockets, :mod:`bench.client`) reads every stream and
+checks each (all deltas, in order, ended); its own CPU is reported so it can be seen
+not to be the bottleneck.  Every stream has its own agent (the service allows one turn
+per agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from .client import StreamResult, one_stream
+from .concurrency import make_agents
+from .procs import Child, cpu_seconds, loadavg
+from .stats import median, pct, r
+
+
+async def streams(
+    target: Child, agent_ids: list[str], message: str, spread_s: float, limit_s: float
+) -> tuple[list[StreamResult], float, float, float]:
+    """All streams at once (starts spread over ``spread_s``); results, wall s, target CPU s, client CPU s."""
+
+    async def one(i: int, agent_id: str) -> StreamResult:
+        await asyncio.sleep(spread_s * i / len(agent_ids))
+        body = {"agent_id": agent_id, "enable_thinking": False, "message": message}
+        for _ in range(100):  # the service frees an agent just after its stream ends: 409 until then
+            res = await one_stream("127.0.0.1", target.port, "/chat/stream", body, limit_s=limit_s)
+            if res.status != 409:
+                break
+            await asyncio.sleep(0.01)
+        return res
+
+    cpu0, client0, began = cpu_seconds(target.pid), cpu_seconds(os.getpid()), time.monotonic()
+    results = await asyncio.gather(*(one(i, a) for i, a in enumerate(agent_ids)))
+    wall = time.monotonic() - began
+    return list(results), wall, cpu_seconds(target.pid) - cpu0, cpu_seconds(os.getpid()) - client0
+
+
+def figures(results: list[StreamResult], count: int, wall: float, cpu: float, client_cpu: float) -> dict[str, float]:
+    for i, res in enumerate(results):
+        res.check(count, f"stream {i}")
+    first = min(res.started_ns for res in results)
+    last = max(res.ended_ns for res in results)
+    delays = [d for res in results for d in res.delays_ms()]
+    return {
+        "deltas_per_s": count * len(results) / ((last - first) / 1e9),
+        "delay_p50_ms": pct(delays, 50),
+        "delay_p99_ms": pct(delays, 99),
+        "cpu_pct": cpu / wall * 100,
+        "client_cpu_pct": client_cpu / wall * 100,
+        "frames_per_1k": sum(res.text_frames for res in results) * 1000 / (count * len(results)),
+    }
+
+
+def measure(
+    emulator: Child, target: Child, n: int, message: str, count: int, runs: int, spread_s: float = 0.0
+) -> dict[str, float]:
+    agent_ids = make_agents(emulator, n, f"load-{n}-{time.monotonic_ns()}")  # students come back: the same agents
+    warm, _, _, _ = asyncio.run(streams(target, agent_ids, "warm [count 5] [rate 0]", 0.0, 60.0))
+    for i, res in enumerate(warm):  # a short first pass, not counted: the service learns the agents
+        res.check(5, f"warm-up {i}")
+    per_run = []
+    for _ in range(max(runs, 1)):
+        results, wall, cpu, client_cpu = asyncio.run(streams(target, agent_ids, message, spread_s, 120.0))
+        per_run.append(figures(results, count, wall, cpu, client_cpu))
+    return {k: r(median([run[k] for run in per_run]), 2) for k in per_run[0]}
+
+
+def throughput(emulator: Child, targets: dict[str, Child], quick: bool, runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    total = 1500 if quick else 20000  # deltas per figure, spread over the streams
+    for n in (1, 20, 100):
+        count = max(total // n, 20)
+        out[f"{n} streams"] = row = {"count_per_stream": count}
+        for name, target in targets.items():
+            row[name] = measure(emulator, target, n, f"bench [count {count}] [rate 0]", count, runs)
+            print(f"  max rate, {n:3} streams, {name:22} {row[name]}", flush=True)
+    return out
+
+
+def classroom(emulator: Child, targets: dict[str, Child], quick: bool) -> dict[str, Any]:
+    n, rate, seconds = (40, 40, 2) if quick else (300, 40, 10)
+    count = rate * seconds
+    out: dict[str, Any] = {"streams": n, "rate": rate, "seconds": seconds, "spread_s": 1.0}
+    for name, target in targets.items():
+        message = f"class [count {count}] [rate {rate}]"
+        out[name] = measure(emulator, target, n, message, count, 1, spread_s=1.0)  # one run: it is long
+        out[name]["loadavg"] = loadavg()
+        print(f"  classroom {n}x{rate}/s {name:22} {out[name]}", flush=True)
+    return out

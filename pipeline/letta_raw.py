@@ -1,0 +1,99 @@
+"""Letta's stream read as bytes: our SSE parser and orjson instead of a pydantic model per chunk.
+
+letta-client parses every chunk of a stream into a pydantic model (``construct_type``
+over the ``LettaStreamingResponse`` union), which costs more than everything else a
+chunk does in this service.  :func:`open_raw_stream` still sends the request through
+letta-client — ``client.agents.messages.with_streaming_response.create(...)`` keeps the
+SDK's URL building, auth, timeouts, error mapping and headers (Letta answers 422 to a
+streaming request from a client it does not take for letta-client ≥ 1.0) — but reads
+the response body itself: :class:`~pipeline.sse.SSEParser` (sans-IO) splits the frames
+and orjson decodes each ``data:`` line into a ``dict``, which
+:class:`~pipeline.letta_map.LettaMapper` maps rule for rule as it maps the SDK's models.
+
+orjson rather than msgspec: the mapper reads a handful of keys of a dozen message
+types, so a generic ``dict`` is all it needs; msgspec's speed comes from decoding into
+declared structs, which would mean restating Letta's schema next to the SDK's.  orjson
+is the fastest ``dict`` decoder for CPython and also encodes our frames (:mod:`pipeline.wire`).
+
+The stream follows letta-client's ``AsyncStream`` exactly: it ends at ``data: [DONE]``,
+an ``event: error`` frame raises the SDK's status error (with the frame's JSON as its
+``body``), frames with any other ``event:`` are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from letta_client import AsyncLetta
+
+from .sse import ServerSentEvent, SSEParser
+
+
+class RawLettaStream:
+    """One streamed response of Letta: its messages as ``dict`` values.  Close it (:meth:`close`)."""
+
+    def __init__(self, client: AsyncLetta, response: Any) -> None:
+        self._client = client
+        # only the httpx response is kept: letta-client's AsyncAPIResponse holds a copy of the request's
+        # options (pydantic models, the body) that a stream open for minutes need not keep alive
+        self.http_response = response.http_response
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[dict[str, Any]]:
+        parser = SSEParser()
+        async for data in self.http_response.aiter_bytes():
+            for sse in parser.feed(data):
+                if sse.data.startswith("[DONE]"):
+                    return
+                message = self._message(sse)
+                if message is not None:
+                    yield message
+        for sse in parser.close():
+            if sse.data.startswith("[DONE]"):
+                return
+            message = self._message(sse)
+            if message is not None:
+                yield message
+
+    def _message(self, sse: ServerSentEvent) -> dict[str, Any] | None:
+        return message_of(sse, self._client, self.http_response)
+
+    async def close(self) -> None:
+        """Close the HTTP response (and give its connection back), as ``AsyncAPIResponse.close()`` does."""
+        await self.http_response.aclose()
+
+
+def message_of(sse: ServerSentEvent, client: AsyncLetta, response: Any) -> dict[str, Any] | None:
+    """The message one SSE event of Letta's carries, as letta-client's ``AsyncStream`` reads it.
+
+    ``None`` for an event the SDK skips (a named event other than ``error``, or data
+    that is not a JSON object); an ``error`` event raises the SDK's status error.
+    """
+    if sse.event == "error":
+        body: object = sse.data
+        try:
+            body = orjson.loads(sse.data)
+            message = f"{body}"
+        except orjson.JSONDecodeError:
+            message = sse.data or f"Error code: {response.status_code}"
+        raise client._make_status_error(message, body=body, response=response)
+    if sse.event != "message":  # the SDK yields only events without a name ("message" is the default name)
+        return None
+    found = orjson.loads(sse.data)
+    return found if type(found) is dict else None
+
+
+async def open_raw_stream(client: AsyncLetta, agent_id: str, **params: Any) -> RawLettaStream:
+    """``POST /v1/agents/{agent_id}/messages`` with ``streaming=True`` and ``params``; the open stream.
+
+    Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before any
+    message is read, as ``messages.create(streaming=True)`` does.
+    """
+    response = await client.agents.messages.with_streaming_response.create(
+        agent_id, streaming=True, **params
+    ).__aenter__()
+    return RawLettaStream(client, response)
