@@ -73,7 +73,7 @@ class StreamSession:
     ended: bool = False
     """The terminal frame went out: the client has nothing to resume."""
     error_code: str | None = None
-    _live: MemoryObjectReceiveStream[LogFrame] | None = attrs.field(default=None, init=False)
+    _live: MemoryObjectReceiveStream[list[LogFrame]] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.metrics.start()
@@ -108,7 +108,7 @@ class StreamSession:
             if b"event: error" in frame.data[:200]:
                 self.error_code = "error"
 
-    def attach_live(self, recv: MemoryObjectReceiveStream[LogFrame]) -> None:
+    def attach_live(self, recv: MemoryObjectReceiveStream[list[LogFrame]]) -> None:
         """Read the runner's frames from ``recv`` (owned now: closed by :meth:`finalize` at the latest)."""
         self._live = recv
 
@@ -118,10 +118,11 @@ class StreamSession:
         recv = self._live
         yield self._opening()
         with recv:
-            async for frame in recv:
-                self._note(frame)
-                yield frame.data
-                if frame.last:
+            async for batch in recv:
+                for frame in batch:
+                    self._note(frame)
+                yield b"".join(f.data for f in batch)
+                if batch[-1].last:
                     return
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:

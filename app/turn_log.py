@@ -53,6 +53,11 @@ class LogWriter:
         self._pending.append(frame)
         self._wake.set()
 
+    def extend(self, frames: list[LogFrame]) -> None:
+        """Queue ``frames`` (one batch of the throttle); never waits."""
+        for frame in frames:
+            self.append(frame)
+
     def close(self) -> None:
         """No more frames: :meth:`run` returns once the pending ones are written."""
         self._closed = True

@@ -27,13 +27,12 @@ import attrs
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from pipeline.compose import open_pipeline
+from pipeline.compose import open_flow
 from pipeline.events import TERMINAL_TYPES, Event, Keepalive
-from pipeline.filter import filter_letta
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
 from pipeline.sse import SSEEncoder
-from pipeline.throttle import throttle
+from pipeline.throttle import Throttle
 
 from .frame_ids import FrameId
 from .store import LogFrame, LogMeta, TurnStore
@@ -51,6 +50,29 @@ async def _keep_running(turn: LettaTurn) -> None:
     """A runner that stops early leaves the run to whoever takes the turn over: no cancel here."""
 
 
+class TurnFramer:
+    """A pure step: numbers a turn's outgoing events and encodes each once as an SSE frame with its id.
+
+    Letta's pings say nothing and get no number (each connection keeps itself alive).
+    The terminal event's frame is marked ``last``.
+    """
+
+    def __init__(self, turn_id: str, seq: int = 0) -> None:
+        self.turn_id = turn_id
+        self.seq = seq
+        self._encoder = SSEEncoder(retry_ms=None)
+
+    def feed(self, event: Event) -> list[LogFrame]:
+        if isinstance(event, Keepalive):
+            return []
+        self.seq += 1
+        data = self._encoder.encode(attrs.evolve(event, cursor=str(FrameId(self.turn_id, self.seq))))
+        return [LogFrame(self.seq, data, isinstance(event, TERMINAL_TYPES))]
+
+    def finish(self) -> list[LogFrame]:
+        return []
+
+
 @attrs.define(eq=False)
 class TurnRunner:
     """One turn's runner.  ``live`` is the attached client's end (``None``: nobody reads live)."""
@@ -60,7 +82,7 @@ class TurnRunner:
     turn: LettaTurn
     turn_id: str
     mapper: LettaMapper
-    live: MemoryObjectSendStream[LogFrame] | None
+    live: MemoryObjectSendStream[list[LogFrame]] | None
     window: float = 0.05
     log_enabled: bool = True
     log_ttl: float = 3600.0
@@ -69,6 +91,8 @@ class TurnRunner:
     """How long the log is kept once the turn ended."""
     seq: int = 0
     writer: LogWriter | None = None
+    started: str | None = None
+    """The run id, once announced to the turn's record (``Started``)."""
 
     async def run(self) -> None:
         """Run the turn to its end (or until cancelled); always closes what it owns.
@@ -96,7 +120,7 @@ class TurnRunner:
                 if last is not None:
                     await self.host.apply_shielded(self.turn.agent_id, Finish(self.turn_id, self.host.owner))
             if last is not None and self.live is not None:
-                await self._hand_out(last)
+                await self._hand_out([last])
         finally:
             if self.live is not None:
                 self.live.close()
@@ -105,38 +129,39 @@ class TurnRunner:
                     await self._flush()
 
     async def _pump(self, tg: TaskGroup) -> LogFrame | None:
-        """Frames out until the turn's terminal event; that frame (logged, not yet handed out), if reached."""
-        encoder = SSEEncoder(retry_ms=None)
+        """Frames out until the turn's terminal event; that frame (logged, not yet handed out), if reached.
+
+        One flow, two tasks: the source (which maps each chunk and pushes the events into
+        the throttle) and the throttle's writer; framing runs fused in this task, on every
+        batch the throttle has ready — one log append and one hand-out per batch.
+        """
         source = partial(letta_source, self.turn, abandon=_keep_running)
-        pipeline = open_pipeline(
-            source, partial(filter_letta, mapper=self.mapper), partial(throttle, window=self.window)
-        )
-        started = False
-        async with pipeline as events:
-            async for event in events:
-                if not started and self.mapper.run_id is not None:
-                    started = True
+        framer = TurnFramer(self.turn_id, self.seq)
+        async with open_flow(source, self.mapper, Throttle(self.window), framer) as frames:
+            while True:
+                try:
+                    batch: list[LogFrame] = await frames.receive_ready()
+                except anyio.EndOfStream:
+                    return None
+                self.seq = framer.seq
+                if self.started is None and self.mapper.run_id is not None:
+                    self.started = self.mapper.run_id
                     tg.start_soon(self._started, self.mapper.run_id)
-                if isinstance(event, Keepalive):
-                    continue  # Letta's pings say nothing: each connection keeps itself alive
-                frame = self._frame(encoder, event)
+                if not batch:
+                    continue
                 if self.writer is not None:
-                    self.writer.append(frame)
-                if frame.last:
-                    return frame
-                if self.live is not None:
-                    await self._hand_out(frame)
-        return None
+                    self.writer.extend(batch)
+                last = batch[-1] if batch[-1].last else None
+                out = batch[:-1] if last is not None else batch
+                if out and self.live is not None:
+                    await self._hand_out(out)
+                if last is not None:
+                    return last
 
-    def _frame(self, encoder: SSEEncoder, event: Event) -> LogFrame:
-        self.seq += 1
-        data = encoder.encode(attrs.evolve(event, cursor=str(FrameId(self.turn_id, self.seq))))
-        return LogFrame(self.seq, data, isinstance(event, TERMINAL_TYPES))
-
-    async def _hand_out(self, frame: LogFrame) -> None:
+    async def _hand_out(self, frames: list[LogFrame]) -> None:
         assert self.live is not None
         try:
-            await self.live.send(frame)
+            await self.live.send(frames)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.live = None  # the client went away; its connection reports the detach
 

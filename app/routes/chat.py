@@ -10,10 +10,9 @@ from typing import Any, TypeVar
 import anyio
 from quart import Blueprint, Response, g, request
 
-from pipeline.compose import open_pipeline
-from pipeline.encode import encode_sse
+from pipeline.compose import open_flow
 from pipeline.events import Error
-from pipeline.keepalive import keepalive
+from pipeline.keepalive import IdleKeepalive
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import start_turn
 from pipeline.sse import SSEEncoder
@@ -132,7 +131,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
     except BaseException:
         await host.apply_shielded(body.agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent
         raise
-    send, recv = anyio.create_memory_object_stream[LogFrame](1)
+    send, recv = anyio.create_memory_object_stream[list[LogFrame]](1)
     settings = svc.settings
     runner = TurnRunner(
         host,
@@ -187,14 +186,19 @@ def _session(svc: Services, agent_id: str, turn_id: str, reader: str, *, resumed
 
 
 def _respond(svc: Services, session: StreamSession, frames: AsyncIterator[bytes]) -> Response:
-    """The SSE response: the session's frames → keepalive → bytes, with a stalled-client timeout."""
+    """The SSE response: the session's frames, with keepalives and a stalled-client timeout.
+
+    One task (the session's source); the keepalive timer and the encoder run fused in the
+    response body's task, which writes every ready frame at once.
+    """
     settings = svc.settings
-    pipeline = open_pipeline(
+    flow = open_flow(
         partial(session.source, frames),
-        partial(keepalive, interval=settings.keepalive_interval),
-        partial(encode_sse, encoder=SSEEncoder(retry_ms=None), send_timeout=settings.send_timeout),
+        IdleKeepalive(settings.keepalive_interval),
+        SSEEncoder(retry_ms=None),
+        send_timeout=settings.send_timeout,
     )
-    return sse_response(pipeline, session.finalize)
+    return sse_response(flow, session.finalize)
 
 
 @blueprint.post("/chat/cancel")

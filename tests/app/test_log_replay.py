@@ -87,20 +87,23 @@ async def scenario(items: list[Event], window: float, drop_after: int) -> None:
     store = MemoryStore()
     host = TurnHost(store, _Canceller(), grace=30.0)  # type: ignore[arg-type]
     await host.apply(AGENT, Claim(TURN, host.owner, "conn-1", 10.0))
-    send, recv = anyio.create_memory_object_stream[LogFrame](1)
+    send, recv = anyio.create_memory_object_stream[list[LogFrame]](1)
     runner = TurnRunner(host, store, _Turn(items), TURN, LettaMapper(), send, window=window)  # type: ignore[arg-type]
     seen = b""
     last_id = f"{TURN}:0"
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
         with recv:
-            for _ in range(drop_after):
+            taken = 0
+            while taken < drop_after:
                 try:
-                    frame = await recv.receive()
+                    batch = await recv.receive()
                 except anyio.EndOfStream:
                     break
-                seen += frame.data
-                last_id = f"{TURN}:{frame.seq}"
+                for frame in batch[: drop_after - taken]:  # the client drops inside a write, after a whole frame
+                    seen += frame.data
+                    last_id = f"{TURN}:{frame.seq}"
+                    taken += 1
         # the client dropped here; the runner goes on logging to the end
     assert await store.record(AGENT) is None  # finished and released
     session = StreamSession("req", AGENT, TURN, "conn-2", host, StreamMetrics(), grace=30.0, resumed=True)

@@ -144,9 +144,9 @@ async def claimed(grace: float) -> tuple[StreamSession, TurnHost, RecordingCance
 
 
 def body_of(session: StreamSession, frames: list[LogFrame], *, send_timeout: float = 5.0) -> PipelineBody:
-    send, recv = anyio.create_memory_object_stream[LogFrame](len(frames) + 1)
+    send, recv = anyio.create_memory_object_stream[list[LogFrame]](len(frames) + 1)
     for frame in frames:
-        send.send_nowait(frame)
+        send.send_nowait([frame])
     send.close()
     session.attach_live(recv)
     pipeline = open_pipeline(partial(session.source, session.live()), partial(encode_sse, send_timeout=send_timeout))
