@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import comparator, concurrency, latency, load, real_letta, report, slow_consumer, stages, targets
+from . import comparator, concurrency, latency, load, real_letta, report, scale_out, slow_consumer, stages, targets
 from .letta_emulator import raise_fd_limit
 from .procs import Child, loadavg, machine
 
-PARTS = ("latency", "throughput", "classroom", "concurrency", "slow_consumer", "stages", "real_letta")
+PARTS = ("latency", "throughput", "classroom", "scale_out", "concurrency", "slow_consumer", "stages", "real_letta")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("classroom:", flush=True)
                 picked = {k: v for k, v in services.items() if k in (targets.OURS, comparator.PLAN_POOL)}
                 results["classroom"] = load.classroom(emulator, picked, args.quick)
+        if "scale_out" not in skip:
+            print("classroom on the shared turn store (Redis): workers, and the turn log's cost:", flush=True)
+            results["scale_out"] = scale_out.run(emulator, args.quick, log_dir)
         if "concurrency" not in skip:
             print("concurrency:", flush=True)
             results["concurrency"] = concurrency.run(emulator, args.quick, log_dir)

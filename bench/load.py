@@ -23,7 +23,7 @@ from typing import Any
 
 from .client import StreamResult, one_stream
 from .concurrency import make_agents
-from .procs import Child, cpu_seconds, loadavg
+from .procs import Child, cpu_seconds, loadavg, tree_cpu_seconds
 from .stats import median, pct, r
 
 
@@ -42,10 +42,10 @@ async def streams(
             await asyncio.sleep(0.01)
         return res
 
-    cpu0, client0, began = cpu_seconds(target.pid), cpu_seconds(os.getpid()), time.monotonic()
+    cpu0, client0, began = tree_cpu_seconds(target.pid), cpu_seconds(os.getpid()), time.monotonic()
     results = await asyncio.gather(*(one(i, a) for i, a in enumerate(agent_ids)))
     wall = time.monotonic() - began
-    return list(results), wall, cpu_seconds(target.pid) - cpu0, cpu_seconds(os.getpid()) - client0
+    return list(results), wall, tree_cpu_seconds(target.pid) - cpu0, cpu_seconds(os.getpid()) - client0
 
 
 def figures(results: list[StreamResult], count: int, wall: float, cpu: float, client_cpu: float) -> dict[str, float]:

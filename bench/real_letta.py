@@ -2,9 +2,11 @@
 
 Three paths, one turn at a time on one agent (Letta interleaves concurrent turns of
 one agent), their order rotated every run: letta-client straight to Letta
-(foreground streaming), the service with resume on (Letta's background mode, which
-keeps the run's chunks in Redis so a dropped stream can resume), and the service
-with ``STREAM_RESUME=off`` (foreground, like the direct path).  The prompt
+(foreground streaming), the service as deployed by default (its turn log in Redis, so
+a dropped stream resumes from any replica), and the service with ``STREAM_RESUME=off``
+(no log).  Then the reconnect: a stream dropped after some text is resumed with
+``Last-Event-ID`` through the same replica and through another one (two service
+processes on one Redis), timed from the request to the first replayed frame.  The prompt
 ``[long N] [slow MS]`` makes the scripted model stream N word deltas MS apart, a
 token pace, so the gaps between text frames show how smoothly the answer arrives.
 Every run's text must be exactly ``w1 ... wN``.  One raw request also records how
@@ -28,8 +30,11 @@ from letta_client import AsyncLetta
 from letta_client.types.agents import AssistantMessage
 
 from devstack.stack import REPO_ROOT, LocalStack
+from pipeline.events import Text
+from pipeline.sse import SSEParser
+from pipeline.wire import parse_event
 
-from .client import BenchError, one_stream
+from .client import TOKEN, BenchError, one_stream
 from .latency import post_json
 from .procs import Child
 from .stats import median, pct, r
@@ -88,6 +93,45 @@ async def via_service(svc: Child, agent_id: str, prompt: str, want: str) -> Samp
     return (res.first_text_ns - res.started_ns) / 1e6, (res.ended_ns - res.started_ns) / 1e6, res.text_ns
 
 
+async def reconnect(drop: Child, resume: Child, agent_id: str, prompt: str, want: str) -> float:
+    """Drop a stream on ``drop`` after 10 text frames; ms from the resume request on ``resume`` to its first frame."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"agent_id": agent_id, "enable_thinking": False, "message": prompt}
+    told: list[str] = []
+    async with httpx.AsyncClient(timeout=120, headers=headers) as http:
+        last_id, parser = "", SSEParser()
+        for _ in range(100):
+            async with http.stream("POST", drop.url + "/chat/stream", json=body) as response:
+                if response.status_code == 409:  # the previous turn is being released
+                    await asyncio.sleep(0.02)
+                    continue
+                async for chunk in response.aiter_bytes():
+                    for sse in parser.feed(chunk):
+                        event = parse_event(sse.data)
+                        if isinstance(event, Text):
+                            told.append(event.content)
+                    last_id = parser.decoder.last_event_id
+                    if len(told) >= 10:
+                        break
+            break
+        began = time.monotonic_ns()
+        first: int | None = None
+        rest, parser = [], SSEParser()
+        async with http.stream(
+            "POST", resume.url + "/chat/stream", json=body, headers={"Last-Event-ID": last_id}
+        ) as response:
+            async for chunk in response.aiter_bytes():
+                for sse in parser.feed(chunk):
+                    event = parse_event(sse.data)
+                    if first is None and event is not None:
+                        first = time.monotonic_ns()
+                    if isinstance(event, Text):
+                        rest.append(event.content)
+    if "".join(told + rest) != want or first is None:
+        raise BenchError("real Letta: a resumed stream did not complete the answer exactly")
+    return (first - began) / 1e6
+
+
 def gaps_ms(arrivals: list[int]) -> list[float]:
     return [(b - a) / 1e6 for a, b in itertools.pairwise(arrivals)]
 
@@ -127,36 +171,41 @@ async def compare(
     return out
 
 
+DEFAULT = "through /chat/stream (default: turn log in Redis)"
+NO_LOG = "through /chat/stream, STREAM_RESUME=off"
+
+
 def run(quick: bool, runs: int, log_dir: Path) -> dict[str, Any]:
     words, pace_ms = (30, 20) if quick else (100, 20)
     with tempfile.TemporaryDirectory(prefix="bench-letta-") as data, LocalStack(REPO_ROOT, Path(data)) as stack:
+
+        def service(name: str, *args: str) -> Child:
+            return Child(
+                "bench.service_proc", "--letta", stack.letta_url, "--window", "0.05",
+                "--model", stack.model_handle, "--embedding", stack.embedding_handle, *args,
+                health="/health", log=log_dir / f"service-real-{name}.log",
+            )  # fmt: skip
+
         children = {
-            label: Child(
-                "bench.service_proc",
-                "--letta",
-                stack.letta_url,
-                "--window",
-                "0.05",
-                "--resume",
-                resume,
-                "--model",
-                stack.model_handle,
-                "--embedding",
-                stack.embedding_handle,
-                health="/health",
-                log=log_dir / f"service-real-{resume}.log",
-            )
-            for label, resume in (
-                ("through /chat/stream, resumable (background)", "on"),
-                ("through /chat/stream, STREAM_RESUME=off", "off"),
-            )
+            DEFAULT: service("default", "--redis", stack.redis_url),
+            NO_LOG: service("no-log", "--resume", "off"),
         }
+        other = service("replica-b", "--redis", stack.redis_url)
         with contextlib.ExitStack() as running:
-            for child in children.values():
+            for child in [*children.values(), other]:
                 running.enter_context(child)
-            first = next(iter(children.values()))
+            first = children[DEFAULT]
             agent_id = post_json(first.url + "/agents", {"user_id": "bench", "agent_type": "tutor"})["agent_id"]
             out = asyncio.run(compare(stack.letta_url, children, agent_id, words, pace_ms, runs))
+            prompt, want = f"bench [long {words}] [slow {pace_ms}]", expected(words)
+            same = [asyncio.run(reconnect(first, first, agent_id, prompt, want)) for _ in range(runs)]
+            across = [asyncio.run(reconnect(first, other, agent_id, prompt, want)) for _ in range(runs)]
+            out["reconnect_to_first_frame_ms"] = {
+                "same replica p50": r(median(same), 1),
+                "other replica p50": r(median(across), 1),
+                "same replica max": r(max(same), 1),
+                "other replica max": r(max(across), 1),
+            }
             out["stack_startup_s"] = stack.startup_seconds
     print(f"  real Letta: {out}", flush=True)
     return out

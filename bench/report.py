@@ -287,7 +287,56 @@ def _real(res: dict[str, Any]) -> list[str]:
             f"{k}: {res[k]['ttfe_ms'] - base['ttfe_ms']:+.1f} ms TTFE, {res[k]['total_ms'] - base['total_ms']:+.1f} ms "
             "total against the direct path."
         )
+    reconnect = res.get("reconnect_to_first_frame_ms")
+    if reconnect:
+        out += [
+            "",
+            "Reconnect (drop after 10 text frames, resume with `Last-Event-ID`): from the request to the first"
+            " replayed frame, " + ", ".join(f"{k} {v} ms" for k, v in reconnect.items()) + ".",
+        ]
     out += ["", f"Real stream ends on the wire with: `{' | '.join(res['stream_end_on_wire'])}`"]
+    return out
+
+
+def _scale_out(res: dict[str, Any]) -> list[str]:
+    out = [
+        f"## Classroom on the shared turn store: {res['streams']} streams x {res['rate']} deltas/s"
+        f" x {res['seconds']} s",
+        "",
+        "The service as deployed with its turn state in a real Redis: the launcher with one or two worker processes"
+        " (CPU = launcher + workers), and one process with the turn log on (default) or off (`STREAM_RESUME=off`)."
+        " Redis round trips = the store's scripts (one per record update or log batch); commands = every command"
+        " Redis ran, inside scripts too (INFO commandstats); both per stream and second.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            m["cpu_pct"],
+            m["cpu_pct_per_100_streams"],
+            m["delay_p50_ms"],
+            m["delay_p99_ms"],
+            m["deltas_per_s"],
+            m["redis_scripts_per_stream_s"],
+            m["redis_commands_per_stream_s"],
+            m.get("loadavg", "-"),
+        ]
+        for name, m in res.items()
+        if isinstance(m, dict)
+    ]
+    out += table(
+        [
+            "path",
+            "CPU %",
+            "CPU % per 100 streams",
+            "delay p50 ms",
+            "delay p99 ms",
+            "deltas/s",
+            "Redis cmds/stream/s",
+            "loadavg",
+        ],
+        rows,
+    )
     return out
 
 
@@ -312,6 +361,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         ("latency", _latency),
         ("throughput", _throughput),
         ("classroom", _classroom),
+        ("scale_out", _scale_out),
         ("concurrency", _concurrency),
         ("slow_consumer", _slow),
         ("stages", _stages),
@@ -371,6 +421,17 @@ def _targets(results: dict[str, Any]) -> list[str]:
     late = next((x for x in conc if x["n"] == 2000 and x["keepalive_s"] == 1.0 and x["pool"] != PLAN_POOL), None)
     if late:
         add("2,000 streams, 1 s keepalive: streams late", str(late["streams_late"]), "0", late["streams_late"] == 0)
+    real = results.get("real_letta", {})
+    direct = next((v for k, v in real.items() if k.startswith("direct") and isinstance(v, dict)), None)
+    default = real.get("through /chat/stream (default: turn log in Redis)")
+    if direct and default:
+        d_first, d_total = default["ttfe_ms"] - direct["ttfe_ms"], default["total_ms"] - direct["total_ms"]
+        add("real Letta, default: first text", f"{d_first:+.0f} ms vs direct", "<= direct + 60 ms", d_first <= 60)
+        add("real Letta, default: gap p50", f"{default['gap_p50_ms']:.0f} ms", "<= 65 ms", default["gap_p50_ms"] <= 65)
+        add("real Letta, default: whole turn", f"{d_total:+.0f} ms vs direct", "<= direct + 50 ms", d_total <= 50)
+    for where, value in real.get("reconnect_to_first_frame_ms", {}).items():
+        if where.endswith("p50"):
+            add(f"reconnect to first replayed frame, {where}", f"{value:.1f} ms", "<= 50 ms", value <= 50)
     if not rows:
         return []
     return ["## Targets (vs the comparator, this run)", "", *table(["what", "measured", "target", "met"], rows)]

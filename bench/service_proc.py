@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 
 import attrs
@@ -77,6 +78,7 @@ async def run(args: argparse.Namespace) -> None:
         "service_token": TOKEN,
         "send_timeout": args.send_timeout,
         "resume": args.resume == "on",
+        "redis_url": args.redis,
     }
     known = {field.name for field in attrs.fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
@@ -102,6 +104,25 @@ def deployed_config() -> Config:
     return Config.from_toml(REPO_ROOT / "hypercorn.toml")
 
 
+def launch(args: argparse.Namespace) -> None:
+    """Become ``python -m app.launch`` with ``args.workers`` workers: the service as deployed on several cores."""
+    env = {
+        **os.environ,
+        "LETTA_BASE_URL": args.letta,
+        "STREAM_THROTTLE_SECONDS": str(args.window),
+        "STREAM_KEEPALIVE_SECONDS": str(args.keepalive),
+        "SERVICE_TOKEN": TOKEN,
+        "STREAM_SEND_TIMEOUT_SECONDS": str(args.send_timeout),
+        "STREAM_RESUME": args.resume,
+        "LETTA_MODEL": args.model,
+        "LETTA_EMBEDDING": args.embedding,
+    }
+    if args.redis:
+        env["REDIS_URL"] = args.redis
+    cmd = [sys.executable, "-m", "app.launch", "--bind", f"127.0.0.1:{args.port}", "--workers", str(args.workers)]
+    os.execve(sys.executable, cmd, env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.service_proc")
     parser.add_argument("--port", type=int, required=True)
@@ -112,10 +133,16 @@ def main() -> None:
     parser.add_argument("--resume", choices=("on", "off"), default="on", help="STREAM_RESUME")
     parser.add_argument("--send-timeout", type=float, default=30.0, help="STREAM_SEND_TIMEOUT_SECONDS")
     parser.add_argument("--diagnose", action="store_true", help="log GC pauses and event-loop stalls")
+    parser.add_argument("--redis", default=None, help="REDIS_URL: the turn store in Redis (default: in memory)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="serve through the launcher with this many worker processes"
+    )
     parser.add_argument("--model", default="openai/gpt-4o-mini")
     parser.add_argument("--embedding", default="openai/text-embedding-3-small")
     args = parser.parse_args()
     raise_fd_limit()
+    if args.workers > 0:
+        launch(args)  # does not return: this process becomes the launcher (same pid)
     logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "WARNING")))
     if deployed_config().worker_class == "uvloop":  # as hypercorn's uvloop worker runs the app
         import uvloop
