@@ -91,8 +91,6 @@ class TurnRunner:
     """How long the log is kept once the turn ended."""
     seq: int = 0
     writer: LogWriter | None = None
-    started: str | None = None
-    """The run id, once announced to the turn's record (``Started``)."""
 
     async def run(self) -> None:
         """Run the turn to its end (or until cancelled); always closes what it owns.
@@ -135,6 +133,8 @@ class TurnRunner:
         the throttle) and the throttle's writer; framing runs fused in this task, on every
         batch the throttle has ready — one log append and one hand-out per batch.
         """
+        # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output
+        self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)
         source = partial(letta_source, self.turn, abandon=_keep_running)
         framer = TurnFramer(self.turn_id, self.seq)
         async with open_flow(source, self.mapper, Throttle(self.window), framer) as frames:
@@ -144,9 +144,6 @@ class TurnRunner:
                 except anyio.EndOfStream:
                     return None
                 self.seq = framer.seq
-                if self.started is None and self.mapper.run_id is not None:
-                    self.started = self.mapper.run_id
-                    tg.start_soon(self._started, self.mapper.run_id)
                 if not batch:
                     continue
                 if self.writer is not None:

@@ -55,6 +55,8 @@ class LettaTurn:
     agent_id: str
     stream: AsyncStream[Any] | RawLettaStream
     run_id: str | None = None
+    on_run: Callable[[str], object] | None = None
+    """Called once, from the reading task, when a chunk first names the run (before it is passed on)."""
     control: AsyncLetta | None = None
     background: bool = False
     """Started in Letta's background mode: its chunks are numbered and it can be resumed."""
@@ -66,6 +68,8 @@ class LettaTurn:
                 run_id = chunk.get("run_id") if type(chunk) is dict else getattr(chunk, "run_id", None)
                 if isinstance(run_id, str):
                     self.run_id = run_id
+                    if self.on_run is not None:
+                        self.on_run(run_id)
             yield chunk
 
     async def cancel_run(self) -> None:

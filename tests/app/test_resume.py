@@ -413,3 +413,26 @@ async def test_with_resume_off_a_dropped_clients_run_is_cancelled_at_once(held: 
         assert runs(held) == ["cancelled"]
         code, _, body = await resume(quart, agent_id, first.last_id)
         assert (code, body["error"]) == (410, "not_resumable")  # nothing was logged
+
+
+async def test_a_run_named_by_a_chunk_with_no_output_is_cancelled_when_its_client_leaves(letta: Any) -> None:
+    """The run id reaches the turn's record as soon as a chunk names it — not only with the first output —
+    so a client that leaves before any output (resume off) still has its run cancelled at once."""
+    letta.agents.messages.reply = WORDS
+    letta.store.hold_after = 2  # after the ping and the reasoning chunk, which (thinking off) says nothing
+    quart = create_app(settings(resume=False), client=letta)
+    async with quart.test_app():
+        agent_id = await new_agent(quart)
+        body = json.dumps({"agent_id": agent_id, "message": "hi", "enable_thinking": False}).encode()
+        async with quart.test_client().request(
+            "/chat/stream", method="POST", headers={"Content-Type": "application/json"}
+        ) as connection:
+            await connection.send(body)
+            await connection.send_complete()
+            await connection.receive()  # the opening frame; nothing else will come while the run is held
+            await until(lambda: bool(letta.store.runs) and all(r.produced >= 2 for r in letta.store.runs.values()))
+            await connection.disconnect()
+        await until(lambda: letta.agents.messages.cancelled == [agent_id], within=2.0)
+        assert runs(letta) == ["cancelled"]
+        letta.store.go.set()
+        await until_idle(quart, agent_id, within=2.0)
