@@ -2,9 +2,8 @@
 
 Letta reads ``~/.letta`` (MCP config, tool sandbox, ``pg_uri``), so HOME and
 LETTA_DIR point into the stack's data dir: nothing leaks into the user's home.
-With ``redis_port`` set, Letta keeps background runs' chunks in that Redis
-(``background=True`` streaming and resume by ``seq_id``); without it, it answers
-such requests with 503.
+Letta gets no Redis: the service streams in foreground mode and keeps its own turn
+logs, so Letta's background mode (which needs one) is not used.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""A throw-away Redis for Letta's background streaming mode.
+"""A throw-away Redis for the service's shared turn state (``REDIS_URL``).
 
-Letta 0.16.8 answers ``background=True`` with 503 "Background streaming requires
-Redis" unless ``LETTA_REDIS_HOST``/``LETTA_REDIS_PORT`` point at a Redis: it
-keeps each background run's SSE chunks in a Redis stream so a client can resume
-from a ``seq_id``. Those chunks are all it stores, so this Redis persists nothing
-(``--save ""``, no AOF) and listens on loopback only.
+Every worker and replica keeps its turn records, turn logs and locks there; each key
+has an expiry, nothing outlives a restart of the stack by design, so this Redis
+persists nothing (``--save ""``, no AOF) and listens on loopback only.
 
 The binary is Debian's ``redis-server``; a clean CI machine lacks it, so it is
 installed here with apt-get (as root, or through passwordless sudo) rather than

@@ -10,14 +10,6 @@ arguments of the call being streamed, the stop reason and the usage.
 
 Events of ours (e.g. an :class:`~pipeline.events.Error` a source made of an upstream
 failure) pass through unchanged.  Anything else it does not know is dropped.
-
-In a resumable turn (Letta's background mode numbers chunks with ``seq_id``) every
-event gets a ``cursor``: the last chunk whose events are all out once this event is.
-The last event a chunk causes carries that chunk's position; the others (and one
-that completes earlier chunks, like a tool call closed by the next chunk) carry the
-position before it; the final ``done`` carries the last position.  Resuming after a cursor therefore repeats no text and
-loses none.  The turn's first frame carries a position even if it says nothing (a
-keepalive): Letta's opening ping (seq 1), or position 0 ("from the start").
 """
 
 from __future__ import annotations
@@ -41,7 +33,6 @@ from letta_client.types.agents.letta_streaming_response import (
     LettaUsageStatistics,
 )
 
-from .cursor import Cursor
 from .events import (
     Done,
     Error,
@@ -90,18 +81,14 @@ class LettaMapper:
     """Maps one turn's Letta chunks to events.  One instance per turn.
 
     ``show_reasoning=False`` drops reasoning text and the "Thinking..." status
-    ("thinking off"); ``preview_chars`` bounds a tool result's preview;
-    ``resumable=True`` puts resume positions on the events; ``position`` is where a
-    resumed turn starts (the client already holds it, so no starting keepalive is sent).
+    ("thinking off"); ``preview_chars`` bounds a tool result's preview.
     """
 
     show_reasoning: bool = True
     preview_chars: int = 200
-    resumable: bool = False
     run_id: str | None = None
     stop_reason: str | None = None
     usage: Usage | None = None
-    position: str | None = None
     _thinking: bool = attrs.field(default=False, init=False)
     _call: _OpenCall | None = attrs.field(default=None, init=False)
     _tool_names: dict[str, str] = attrs.field(factory=dict, init=False)
@@ -121,30 +108,7 @@ class LettaMapper:
         run_id = chunk.get("run_id") if raw else getattr(chunk, "run_id", None)  # type: ignore[attr-defined]
         if isinstance(run_id, str) and run_id:
             self.run_id = run_id
-        if not self.resumable:
-            return self._map_raw(chunk) if raw else self._map(chunk)  # type: ignore[arg-type]
-        if raw:
-            chunk = _model(chunk)  # type: ignore[arg-type]  # resume positions: the rare path, kept in one place
-        before = self.position
-        first = before is None and self.run_id is not None
-        if first:
-            before = self.position = str(Cursor(str(self.run_id), 0))
-        seq = getattr(chunk, "seq_id", None)
-        here = str(Cursor(str(self.run_id), seq)) if type(seq) is int and self.run_id else None
-        events = self._map(chunk)
-        if here is not None:
-            self.position = here
-        if first and (not events or not isinstance(events[0], Keepalive)):
-            events.insert(0, Keepalive())
-        placed: list[Event] = []
-        for i, event in enumerate(events):
-            if isinstance(event, Keepalive) and not (first and i == 0):
-                placed.append(event)  # a ping marks no position (Letta's repeat the last seq)
-            elif i == len(events) - 1:  # only once a chunk's last event is out are all of its events out
-                placed.append(attrs.evolve(event, cursor=here or before))
-            else:
-                placed.append(attrs.evolve(event, cursor=before))
-        return placed
+        return self._map_raw(chunk) if raw else self._map(chunk)  # type: ignore[arg-type]
 
     def _map(self, chunk: object) -> list[Event]:
         out: list[Event] = []
@@ -259,7 +223,7 @@ class LettaMapper:
         self._finished = True
         if not self._failed:
             out.extend(self._terminal())
-        return [attrs.evolve(e, cursor=self.position) for e in out] if self.resumable else out
+        return out
 
     def _terminal(self) -> list[Event]:
         out: list[Event] = []

@@ -10,9 +10,9 @@ working for nobody.  :func:`letta_source` therefore cancels the run through Lett
 cancel API whenever the stream was not read to its end (or hands the turn to an
 ``abandon`` hook that may wait a little for the client to come back).
 
-A turn started in Letta's background mode (``background=True``, which needs Redis on
-the Letta side) can be read again from any chunk: :func:`resume_turn` reopens it after
-a :class:`~pipeline.cursor.Cursor`, with nothing sent to the agent again.
+Letta's background mode (runs kept in Letta's Redis and replayable) is not used: it
+delivers a run's chunks in half-second batches.  The service resumes turns from its own
+log instead (``app/turn_log.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from letta_client import (
     omit,
 )
 
-from .cursor import Cursor
 from .events import Error
 from .letta_raw import RawLettaStream, open_raw_stream
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
@@ -58,8 +57,6 @@ class LettaTurn:
     on_run: Callable[[str], object] | None = None
     """Called once, from the reading task, when a chunk first names the run (before it is passed on)."""
     control: AsyncLetta | None = None
-    background: bool = False
-    """Started in Letta's background mode: its chunks are numbered and it can be resumed."""
 
     async def chunks(self) -> AsyncIterator[Any]:
         """The stream's chunks (SDK models, or ``dict`` messages from a raw stream), noting the run id on the way."""
@@ -91,13 +88,12 @@ async def start_turn(
     thinking: bool = True,
     max_steps: int | None = None,
     control: AsyncLetta | None = None,
-    background: bool = False,
     raw: bool = True,
 ) -> LettaTurn:
     """Send ``message`` to the agent and return its open stream.
 
     Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before
-    any chunk is read; in background mode a Letta without Redis answers 503 here.
+    any chunk is read.
     The caller owns the returned turn and must close it (:func:`letta_source` does).
 
     ``raw`` (the default) reads the response through :mod:`pipeline.letta_raw`: the
@@ -110,29 +106,13 @@ async def start_turn(
         "include_pings": True,
         "enable_thinking": "true" if thinking else "false",
         "max_steps": max_steps if max_steps is not None else omit,
-        "background": True if background else omit,
     }
     stream: AsyncStream[Any] | RawLettaStream
     if raw:
         stream = await open_raw_stream(client, agent_id, **params)
     else:
         stream = await client.agents.messages.create(agent_id, streaming=True, **params)  # POST .../messages
-    return LettaTurn(client, agent_id, stream, control=control, background=background)
-
-
-async def resume_turn(
-    client: AsyncLetta, agent_id: str, cursor: Cursor, *, control: AsyncLetta | None = None
-) -> LettaTurn:
-    """Reopen the background run ``cursor.run_id`` of ``agent_id`` after chunk ``cursor.seq``.
-
-    Nothing is sent to the agent.  Letta refuses a run that was not started in the
-    background, or is older than its replay horizon (3 hours in 0.16), with an SDK
-    error raised here.  The caller owns the returned turn.
-    """
-    stream = await client.runs.messages.stream(  # POST /v1/runs/{id}/stream
-        cursor.run_id, starting_after=cursor.seq, include_pings=True
-    )
-    return LettaTurn(client, agent_id, stream, run_id=cursor.run_id, control=control, background=True)
+    return LettaTurn(client, agent_id, stream, control=control)
 
 
 def describe_upstream_error(exc: Exception) -> Error:
