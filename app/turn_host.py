@@ -89,6 +89,7 @@ class TurnHost:
     async def apply(self, agent_id: str, event: Input) -> Transition:
         """Apply ``event`` to the agent's shared record; perform ``Cancel`` and ``Superseded``."""
         transition = await self.store.apply(agent_id, event, grace=self.grace)
+        log.debug("%s %r: %r -> %r %r", agent_id, event, transition.previous, transition.record, transition.effects)
         if self.metrics is not None and transition.detached_delta:
             self.metrics.detached(transition.detached_delta)
         for effect in transition.effects:
@@ -244,9 +245,10 @@ class TurnHost:
         except Exception as exc:
             log.warning("renewing the lease of turn %s failed: %r", turn_id, exc)
             return
-        if transition.first(Lost) is not None and self._owned.get(turn_id) is owned:
-            if transition.record is None:  # it just finished here, or was given up (its grace ran out)
-                log.info("turn %s is over: its runner stops", turn_id)
-            else:
-                log.warning("turn %s was taken over by %s: stopping its runner here", turn_id, transition.record.owner)
+        if transition.first(Lost) is None or transition.record is None:
+            # no record: the runner has just finished (it is handing out the last frame — never cut that
+            # short), or the turn was given up and its run cancelled (the runner ends with Letta's stream)
+            return
+        if self._owned.get(turn_id) is owned:
+            log.warning("turn %s was taken over by %s: stopping its runner here", turn_id, transition.record.owner)
             owned.scope.cancel()
