@@ -26,10 +26,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 async def test_a_runner_that_finished_is_not_cut_short_while_it_hands_out_the_last_frame() -> None:
     host = TurnHost(MemoryStore(), _Canceller(), grace=5.0, lease=0.3)  # type: ignore[arg-type]
-    handed_out = anyio.Event()
+    handed_out, began = anyio.Event(), anyio.Event()
     stop = anyio.Event()
 
     async def runner() -> None:
+        began.set()
         await host.apply(AGENT, Finish("turn-1", host.owner))  # the record is gone ...
         await anyio.sleep(0.5)  # ... while the last frame still goes out (a lease renewal falls in here)
         handed_out.set()
@@ -40,6 +41,7 @@ async def test_a_runner_that_finished_is_not_cut_short_while_it_hands_out_the_la
         await host.apply(AGENT, Claim("turn-1", host.owner, "conn-1", host.lease))
         host.start(AGENT, "turn-1", runner)
         with anyio.fail_after(3):
+            await began.wait()
             await host.wait_idle(2.0)
         stop.set()
     assert handed_out.is_set()
