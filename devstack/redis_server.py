@@ -11,8 +11,6 @@ by a manual setup step. Redis runs in the foreground as our child: stopped by PI
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -20,79 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack._proc import StackError, base_env, free_port, log_tail, spawn, stop
+from devstack.apt import ensure_debian_binary, find_binary
 
 APT_PACKAGE = "redis-server"
 DEBIAN_BINARY = Path("/usr/bin/redis-server")
-INSTALL_HINT = f"apt-get install -y --no-install-recommends {APT_PACKAGE}"
-# apt's "never heard of it" answers: only then is an `apt-get update` worth its time.
-_UNKNOWN_PACKAGE = ("Unable to locate package", "has no installation candidate")
 
 
 def find_redis_server() -> Path | None:
     """``redis-server`` on PATH, else Debian's ``/usr/bin/redis-server``, else None."""
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
-    return DEBIAN_BINARY if os.access(DEBIAN_BINARY, os.X_OK) else None
-
-
-def _privilege_prefix() -> list[str] | None:
-    """``[]`` as root, ``["sudo", "-n"]`` with passwordless sudo, else None."""
-    if os.geteuid() == 0:
-        return []
-    sudo = shutil.which("sudo")
-    if sudo is None:
-        return None
-    probe = subprocess.run([sudo, "-n", "true"], capture_output=True, check=False, stdin=subprocess.DEVNULL)
-    return [sudo, "-n"] if probe.returncode == 0 else None
-
-
-def _apt(prefix: list[str], args: list[str], log: Path) -> tuple[int, str]:
-    """Run apt-get non-interactively, append its output to ``log``; (exit code, output)."""
-    # Wait for a concurrent apt/dpkg (another test session installing) instead of failing.
-    cmd = [*prefix, "apt-get", "-o", "DPkg::Lock::Timeout=300", *args]
-    env = base_env(DEBIAN_FRONTEND="noninteractive")
-    if prefix:  # sudo drops the environment; pass it on the command line
-        cmd = [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", *cmd[len(prefix) :]]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, check=False, env=env, stdin=subprocess.DEVNULL, timeout=900
-    )
-    output = f"$ {' '.join(cmd)}\n{result.stdout}{result.stderr}"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as fh:
-        fh.write(output)
-    return result.returncode, output
+    return find_binary("redis-server", DEBIAN_BINARY)
 
 
 def ensure_redis_server(log: Path) -> Path:
-    """The ``redis-server`` binary, installed with apt-get first when missing.
-
-    ``apt-get update`` runs only when the install fails because the package is
-    unknown (a fresh image with empty lists). Raises ``StackError`` saying what to
-    install when that is impossible here (no apt-get, or neither root nor
-    passwordless sudo) or when apt-get fails (with its output's tail).
-    """
-    binary = find_redis_server()
-    if binary is not None:
-        return binary
-    prefix = _privilege_prefix()
-    if shutil.which("apt-get") is None or prefix is None:
-        why = "no apt-get on this machine" if shutil.which("apt-get") is None else "not root and no passwordless sudo"
-        raise StackError(
-            f"redis-server is not installed and cannot be installed from here ({why}).\n"
-            f"Install it as root: {INSTALL_HINT}\n"
-            "(or put any redis-server >= 6.2 on PATH)"
-        )
-    install = ["install", "-y", "--no-install-recommends", APT_PACKAGE]
-    code, output = _apt(prefix, install, log)
-    if code != 0 and any(marker in output for marker in _UNKNOWN_PACKAGE):
-        _apt(prefix, ["update"], log)
-        code, output = _apt(prefix, install, log)
-    binary = find_redis_server()
-    if code != 0 or binary is None:
-        tail = "\n".join(output.splitlines()[-30:])
-        raise StackError(f"installing {APT_PACKAGE} failed (exit {code}); install it by hand: {INSTALL_HINT}\n{tail}")
-    return binary
+    """The ``redis-server`` binary, installed with apt-get first when missing (:mod:`devstack.apt`)."""
+    return ensure_debian_binary(APT_PACKAGE, "redis-server", DEBIAN_BINARY, log)
 
 
 def ping(port: int, timeout: float = 1.0) -> bool:
