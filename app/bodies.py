@@ -56,8 +56,13 @@ class ChatRequest:
     agent_id: str = attrs.field(validator=_identifier)
     message: str = attrs.field(validator=_message)
     chat_id: str | None = attrs.field(default=None, validator=_identifier)
+    """OpenWebUI's chat: one Letta conversation per chat; none → the agent's default history."""
     chat_title: str | None = None
     user_id: str | None = attrs.field(default=None, validator=_identifier)
+    user_message_id: str | None = attrs.field(default=None, validator=_identifier)
+    """OpenWebUI's id of this user message (kept as the Letta message's ``otid``; the same id again = regenerate)."""
+    parent_message_id: str | None = attrs.field(default=None, validator=_identifier)
+    """OpenWebUI's parent of this user message (recorded for edits; see docs/protocol.md)."""
 
 
 @attrs.frozen

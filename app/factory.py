@@ -12,6 +12,7 @@ from quart import Quart
 from werkzeug.exceptions import HTTPException
 
 from .agents import AgentRegistry
+from .conversations import ConversationIndex
 from .auth import install_auth
 from .cancels import RunCanceller
 from .connection import StreamingConnection
@@ -74,6 +75,7 @@ def create_app(
         canceller=canceller,
         host=host,
         metrics=metrics_,
+        conversations=ConversationIndex(clients.crud, lock=turn_store.lock),
     )
     # turns still running at shutdown get ``drain_seconds`` to end before they are handed off
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.drain_seconds + 5

@@ -13,6 +13,7 @@ from quart import current_app, request
 from .agents import AgentRegistry
 from .bodies import parse_body
 from .cancels import RunCanceller
+from .conversations import ConversationIndex
 from .errors import InvalidRequest
 from .metrics import StreamMetrics
 from .settings import Settings
@@ -37,6 +38,10 @@ class Services:
     host: TurnHost
     """This process's turns and the shared turn state (:mod:`app.turn_host`)."""
     metrics: StreamMetrics
+    conversations: ConversationIndex = attrs.field(
+        default=attrs.Factory(lambda self: ConversationIndex(self.client), takes_self=True)
+    )
+    """OpenWebUI chat → Letta conversation (:mod:`app.conversations`)."""
     draining: anyio.Event = attrs.Factory(anyio.Event)
     """Set when the server is stopping: open streams end (resumably), new ones are refused."""
     _next: int = 0

@@ -87,13 +87,19 @@ def message_of(sse: ServerSentEvent, client: AsyncLetta, response: Any) -> dict[
     return found if type(found) is dict else None
 
 
-async def open_raw_stream(client: AsyncLetta, agent_id: str, **params: Any) -> RawLettaStream:
+async def open_raw_stream(
+    client: AsyncLetta, agent_id: str, conversation_id: str | None = None, **params: Any
+) -> RawLettaStream:
     """``POST /v1/agents/{agent_id}/messages`` with ``streaming=True`` and ``params``; the open stream.
 
+    With ``conversation_id``: ``POST /v1/conversations/{conversation_id}/messages`` instead (the
+    same stream, in that conversation of the agent).
     Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before any
     message is read, as ``messages.create(streaming=True)`` does.
     """
-    response = await client.agents.messages.with_streaming_response.create(
-        agent_id, streaming=True, **params
-    ).__aenter__()
+    if conversation_id is not None:
+        call = client.conversations.messages.with_streaming_response.create(conversation_id, streaming=True, **params)
+    else:
+        call = client.agents.messages.with_streaming_response.create(agent_id, streaming=True, **params)
+    response = await call.__aenter__()
     return RawLettaStream(client, response)

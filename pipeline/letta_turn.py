@@ -89,6 +89,8 @@ async def start_turn(
     max_steps: int | None = None,
     control: AsyncLetta | None = None,
     raw: bool = True,
+    conversation_id: str | None = None,
+    otid: str | None = None,
 ) -> LettaTurn:
     """Send ``message`` to the agent and return its open stream.
 
@@ -99,9 +101,12 @@ async def start_turn(
     ``raw`` (the default) reads the response through :mod:`pipeline.letta_raw`: the
     chunks are Letta's JSON objects as ``dict`` values, which the mapper maps exactly as
     the SDK's models (``raw=False``), for a fraction of the cost.
+
+    ``conversation_id`` sends the message into that conversation of the agent (its own
+    history; the agent's memory blocks are shared); ``otid`` is stored on the user message.
     """
     params: dict[str, Any] = {
-        "input": message,
+        **user_input(message, otid),
         "stream_tokens": stream_tokens,
         "include_pings": True,
         "enable_thinking": "true" if thinking else "false",
@@ -109,10 +114,19 @@ async def start_turn(
     }
     stream: AsyncStream[Any] | RawLettaStream
     if raw:
-        stream = await open_raw_stream(client, agent_id, **params)
+        stream = await open_raw_stream(client, agent_id, conversation_id, **params)
+    elif conversation_id is not None:
+        stream = await client.conversations.messages.create(conversation_id, streaming=True, **params)
     else:
         stream = await client.agents.messages.create(agent_id, streaming=True, **params)  # POST .../messages
     return LettaTurn(client, agent_id, stream, control=control)
+
+
+def user_input(message: str, otid: str | None) -> dict[str, Any]:
+    """The request fields carrying the user's message (``messages`` with an ``otid`` when one is given)."""
+    if otid is None:
+        return {"input": message}
+    return {"messages": [{"role": "user", "content": message, "otid": otid}]}
 
 
 def describe_upstream_error(exc: Exception) -> Error:

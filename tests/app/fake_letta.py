@@ -20,8 +20,8 @@ import anyio
 import anyio.lowlevel
 import httpx
 from letta_client import APIConnectionError, NotFoundError
-from letta_client.types import AgentState
-from letta_client.types.agents import AssistantMessage, LettaResponse
+from letta_client.types import AgentState, Conversation
+from letta_client.types.agents import AssistantMessage, LettaResponse, UserMessage
 
 from tests.pipeline import letta_chunks as c
 
@@ -214,6 +214,8 @@ class FakeMessages:
     ) -> LettaResponse | FakeStream:
         letta = self._letta
         letta.check(agent_id)
+        if "messages" in kwargs:
+            input = kwargs.pop("messages")[0]["content"]
         self.sent.append((agent_id, input))
         if streaming:
             run = FakeRun(letta, f"run-{next(letta.ids)}", agent_id, c.answer_turn(self.reply))
@@ -230,6 +232,81 @@ class FakeMessages:
             if run.agent_id == agent_id and (not isinstance(run_ids, list) or run.id in run_ids):
                 run.cancel()
         return {}
+
+
+class FakePage:
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+
+class FakeConversationMessages:
+    """``conversations.messages``: sends go through :class:`FakeMessages` (recorded in ``sent``), with the conversation."""
+
+    def __init__(self, letta: FakeLetta) -> None:
+        self._letta = letta
+        self.with_streaming_response = self
+        self.sent: list[tuple[str, str, str | None]] = []
+        """Every message sent to a conversation: (conversation id, text, otid)."""
+
+    def create(self, conversation_id: str, **kwargs: Any) -> FakeStreamingCall:
+        letta = self._letta
+        conversation = letta.conversations.get(conversation_id)
+        if conversation is None:
+            raise not_found()
+        message = kwargs["messages"][0] if "messages" in kwargs else {"content": kwargs.get("input", "")}
+        self.sent.append((conversation_id, message["content"], message.get("otid")))
+        letta.conversation_messages.setdefault(conversation_id, []).append(
+            UserMessage.model_construct(
+                id=f"message-{next(letta.ids)}", content=message["content"], otid=message.get("otid"),
+                message_type="user_message",
+            )
+        )
+        return FakeStreamingCall(letta.agents_api.messages, conversation.agent_id, kwargs)
+
+    async def list(self, conversation_id: str, *, order: str = "asc", limit: int = 100, **_: Any) -> FakePage:
+        self._letta.check()
+        found = list(self._letta.conversation_messages.get(conversation_id, []))
+        return FakePage((found[::-1] if order == "desc" else found)[:limit])
+
+
+async def _post(letta: FakeLetta, path: str, *, cast_to: Any, body: dict[str, Any], **_: Any) -> Any:
+    """``client.post``: only the non-streaming ``/v1/conversations/{id}/messages`` is faked."""
+    conversation_id = path.removeprefix("/v1/conversations/").removesuffix("/messages")
+    assert body.get("streaming") is False and cast_to is LettaResponse, (path, body)
+    call = letta.conversations_api.messages.create(conversation_id, **{k: v for k, v in body.items() if k != "streaming"})
+    return await letta.agents_api.messages.create(call._agent_id, **call._kwargs)
+
+
+class FakeConversations:
+    """``conversations``: create, and list by agent with Letta's substring ``summary_search``."""
+
+    def __init__(self, letta: FakeLetta) -> None:
+        self._letta = letta
+        self.messages = FakeConversationMessages(letta)
+        self.created = 0
+        self.list_delay = 0.0
+        """Seconds each list takes (lets racing requests interleave)."""
+
+    async def create(self, *, agent_id: str, summary: str | None = None, **_: Any) -> Conversation:
+        self._letta.check(agent_id)
+        self.created += 1
+        conversation = Conversation.model_construct(
+            id=f"conv-{next(self._letta.ids)}", agent_id=agent_id, summary=summary, in_context_message_ids=[]
+        )
+        self._letta.conversations[conversation.id] = conversation
+        return conversation
+
+    async def list(
+        self, *, agent_id: str | None = None, summary_search: str | None = None, order: str = "desc", **_: Any
+    ) -> list[Conversation]:
+        self._letta.check()
+        await anyio.sleep(self.list_delay)
+        found = [
+            c
+            for c in self._letta.conversations.values()
+            if (agent_id is None or c.agent_id == agent_id) and (not summary_search or summary_search in (c.summary or ""))
+        ]
+        return found if order == "asc" else found[::-1]
 
 
 class FakeAgents:
@@ -286,6 +363,9 @@ class FakeLetta:
         self.go = anyio.Event()
         self.agents_api = FakeAgents(self)
         self.runs_api = FakeRuns(self)
+        self.conversations: dict[str, Conversation] = {}
+        self.conversation_messages: dict[str, list[Any]] = {}
+        self.conversations_api = FakeConversations(self)
 
     def check(self, agent_id: str | None = None) -> None:
         if self.down:
@@ -307,6 +387,8 @@ def make_fake() -> Any:
     proxy = type("Letta", (), {})()
     proxy.agents = letta.agents_api
     proxy.runs = letta.runs_api
+    proxy.conversations = letta.conversations_api
+    proxy.post = lambda path, **kwargs: _post(letta, path, **kwargs)
     proxy.store = letta
     proxy.health = letta.health
     proxy.close = letta.close
