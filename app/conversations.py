@@ -21,11 +21,15 @@ from typing import Any, Final
 
 import attrs
 from letta_client import AsyncLetta
+from letta_client.types.agents import LettaResponse
+
+from pipeline.letta_turn import user_input
 
 from .agents import CREATE_LOCK_SECONDS, Lock
 from .errors import UpstreamUnavailable
 from .store import LockTimeout
 from .store.memory import MemoryStore
+from .upstream import letta_errors
 
 CHAT_MARK: Final = "openwebui-chat:"
 RECENT_MESSAGES: Final = 50
@@ -106,7 +110,9 @@ class ConversationIndex:
         if found is not None:
             return found, False
         try:
-            async with self.lock(f"conversation:{agent_id}:{chat_id}", ttl=CREATE_LOCK_SECONDS, wait=CREATE_LOCK_SECONDS):
+            async with self.lock(
+                f"conversation:{agent_id}:{chat_id}", ttl=CREATE_LOCK_SECONDS, wait=CREATE_LOCK_SECONDS
+            ):
                 found = await self._find(agent_id, chat_id)  # another worker may have created it meanwhile
                 if found is not None:
                     return found, False
@@ -171,3 +177,52 @@ def _without_note(text: str) -> str:
         _, sep, rest = text.partition(NOTE_END)
         return rest if sep else text
     return text
+
+
+@attrs.frozen
+class Target:
+    """Where a user message goes and what the agent is sent."""
+
+    conversation_id: str | None
+    """``None``: the agent's default history (no chat id given)."""
+    text: str
+    otid: str | None = None
+
+
+async def target(
+    index: ConversationIndex,
+    agent_id: str,
+    message: str,
+    chat_id: str | None,
+    *,
+    chat_title: str | None = None,
+    user_message_id: str | None = None,
+    parent_message_id: str | None = None,
+) -> Target:
+    """The chat's conversation (created on its first message) and the text for the agent.
+
+    No ``chat_id``: the agent's default history, the message as it is.  With one, a regenerate
+    or an edit (``user_message_id`` / ``parent_message_id``) is told to the agent (:func:`agent_input`).
+    Letta's failures are raised as the service's errors (404/502/503).
+    """
+    if chat_id is None:
+        return Target(None, message)
+    earlier = None
+    async with letta_errors("conversation"):
+        conversation_id, created = await index.for_chat(agent_id, chat_id, chat_title)
+        if user_message_id is not None and not created:
+            earlier = await index.history_of(conversation_id, user_message_id, parent_message_id)
+    otid = message_otid(user_message_id, parent_message_id) if user_message_id else None
+    return Target(conversation_id, agent_input(message, earlier), otid)
+
+
+async def whole_turn(client: AsyncLetta, agent_id: str, where: Target) -> Any:
+    """One turn, not streamed: Letta's ``LettaResponse``."""
+    if where.conversation_id is None:
+        return await client.agents.messages.create(agent_id, input=where.text)
+    # letta-client types conversations.messages.create as a stream; streaming=false answers a LettaResponse
+    return await client.post(
+        f"/v1/conversations/{where.conversation_id}/messages",
+        cast_to=LettaResponse,
+        body={**user_input(where.text, where.otid), "streaming": False},
+    )

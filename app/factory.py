@@ -12,10 +12,10 @@ from quart import Quart
 from werkzeug.exceptions import HTTPException
 
 from .agents import AgentRegistry
-from .conversations import ConversationIndex
 from .auth import install_auth
 from .cancels import RunCanceller
 from .connection import StreamingConnection
+from .conversations import ConversationIndex
 from .errors import ApiError
 from .metrics import StreamMetrics
 from .request_ids import install_request_ids

@@ -165,6 +165,31 @@ def task_answer(task: str, body: dict[str, Any]) -> str:
     return ""
 
 
+# -- which chat and message this is -----------------------------------------------------
+
+
+def chat_ids(metadata: dict[str, Any] | None, chat_id: str | None) -> dict[str, str | None]:
+    """The ids the service needs to keep one Letta conversation per chat and to spot regenerates/edits.
+
+    OpenWebUI sends chat_id "" for API calls without a chat: those go to the agent's default history.
+    ``user_message_id`` is the same again when the student regenerates; an edit is a new user
+    message with the old one's parent.
+    """
+    meta = metadata or {}
+    chat = chat_id or meta.get("chat_id") or None
+    if not isinstance(chat, str):
+        chat = None
+    found = meta.get("user_message")
+    user_message: dict[str, Any] = found if isinstance(found, dict) else {}
+    ids = {
+        "chat_id": chat,
+        "user_message_id": meta.get("user_message_id") or user_message.get("id"),
+        "parent_message_id": user_message.get("parentId"),
+    }
+    # ids are only sent within a chat, and only as non-empty strings (the service refuses anything else)
+    return {k: v if chat and isinstance(v, str) and v.strip() else None for k, v in ids.items()}
+
+
 # -- one turn as the student sees it ---------------------------------------------------
 
 
@@ -261,15 +286,13 @@ class Pipe:
             return task_answer(str(getattr(__task__, "value", __task__)), body)
         user = __user__ or {}
         show = getattr(user.get("valves"), "SHOW_REASONING", True)
-        # OpenWebUI sends chat_id "" for API calls without a chat; the service wants an id or null.
-        chat_id = __chat_id__ or (__metadata__ or {}).get("chat_id") or None
-        return self._stream(body, user, chat_id, __event_emitter__, bool(show))
+        return self._stream(body, user, chat_ids(__metadata__, __chat_id__), __event_emitter__, bool(show))
 
     async def _stream(
         self,
         body: dict[str, Any],
         user: dict[str, Any],
-        chat_id: str | None,
+        ids: dict[str, str | None],
         emit: Emitter | None,
         show_reasoning: bool,
     ) -> AsyncIterator[Any]:
@@ -288,7 +311,7 @@ class Pipe:
                     "agent_id": agent_id,
                     "message": message,
                     "user_id": user.get("id"),
-                    "chat_id": chat_id,
+                    **ids,
                     "enable_thinking": valves.ENABLE_THINKING,
                 }
                 async for chunk in turn.read(client, request):

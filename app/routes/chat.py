@@ -8,18 +8,17 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio
-from letta_client.types.agents import LettaResponse
 from quart import Blueprint, Response, g, request
 
 from pipeline.compose import open_flow
 from pipeline.events import Error
 from pipeline.keepalive import IdleKeepalive
 from pipeline.letta_map import LettaMapper
-from pipeline.letta_turn import start_turn, user_input
+from pipeline.letta_turn import start_turn
 from pipeline.sse import SSEEncoder
 
-from ..conversations import agent_input, message_otid
 from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
+from ..conversations import Target, target, whole_turn
 from ..errors import InvalidRequest, NotFound, NotResumable, TurnInProgress, UpstreamError
 from ..frame_ids import BadFrameId, FrameId, parse_frame_id
 from ..replies import chat_reply, turn_events
@@ -76,23 +75,17 @@ async def _claim(svc: Services, agent_id: str, turn_id: str, reader: str) -> Non
         raise TurnInProgress("the agent is still answering the previous message; try again when it is done")
 
 
-async def _target(svc: Services, body: ChatRequest) -> tuple[str | None, str, str | None]:
-    """Where the message goes and what the agent is sent: ``(conversation_id, text, otid)``.
-
-    No ``chat_id``: the agent's default history, the message as it is (as before conversations).
-    With one: the chat's conversation (created on its first message); a regenerate or an edit
-    (``user_message_id`` / ``parent_message_id``) is told to the agent (:func:`app.conversations.agent_input`).
-    """
-    if body.chat_id is None:
-        return None, body.message, None
-    index = svc.conversations
-    earlier = None
-    async with letta_errors("conversation"):
-        conversation_id, created = await index.for_chat(body.agent_id, body.chat_id, body.chat_title)
-        if body.user_message_id is not None and not created:
-            earlier = await index.history_of(conversation_id, body.user_message_id, body.parent_message_id)
-    otid = message_otid(body.user_message_id, body.parent_message_id) if body.user_message_id else None
-    return conversation_id, agent_input(body.message, earlier), otid
+async def _target(svc: Services, body: ChatRequest) -> Target:
+    """The chat's conversation (none without a ``chat_id``) and what the agent is sent."""
+    return await target(
+        svc.conversations,
+        body.agent_id,
+        body.message,
+        body.chat_id,
+        chat_title=body.chat_title,
+        user_message_id=body.user_message_id,
+        parent_message_id=body.parent_message_id,
+    )
 
 
 @blueprint.post("/chat")
@@ -104,18 +97,10 @@ async def chat() -> dict[str, Any]:
     await _claim(svc, body.agent_id, turn_id, reader=new_id("conn"))
     try:
         async with host.owning(body.agent_id, turn_id):
-            conversation_id, text, otid = await _target(svc, body)
+            where = await _target(svc, body)
             async with letta_errors():
                 # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
-                client = svc.stream_client()
-                if conversation_id is None:
-                    response = await client.agents.messages.create(body.agent_id, input=text)
-                else:  # letta-client types this call as a stream; streaming=false answers a LettaResponse
-                    response = await client.post(
-                        f"/v1/conversations/{conversation_id}/messages",
-                        cast_to=LettaResponse,
-                        body={**user_input(text, otid), "streaming": False},
-                    )
+                response = await whole_turn(svc.stream_client(), body.agent_id, where)
     except anyio.get_cancelled_exc_class():
         svc.canceller.submit(body.agent_id, None)  # the client left: nobody will read this reply
         raise
@@ -150,17 +135,17 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
     turn_id, reader, host = new_id("turn"), new_id("conn"), svc.host
     await _claim(svc, body.agent_id, turn_id, reader)
     try:
-        conversation_id, text, otid = await _target(svc, body)
+        where = await _target(svc, body)
         async with letta_errors():
             turn = await start_turn(
                 svc.stream_client(),
                 body.agent_id,
-                text,
+                where.text,
                 stream_tokens=body.stream_tokens,
                 thinking=body.enable_thinking,
                 control=svc.control,
-                conversation_id=conversation_id,
-                otid=otid,
+                conversation_id=where.conversation_id,
+                otid=where.otid,
             )
     except BaseException:
         await host.apply_shielded(body.agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent

@@ -15,8 +15,11 @@ student's agent of that type, created on first use.  OpenWebUI's background task
   turn is released (``Finish``) in every ending — before the stream's last frame, so the
   next message is never refused.
 * No resume: this protocol has none.  A client that leaves cancels the Letta run at once.
-* ``X-OpenWebUI-Chat-Id`` is not used yet: each student has one conversation per agent
-  type, whatever chat it is typed in (the agent's memory is the conversation).
+* ``X-OpenWebUI-Chat-Id`` (forwarded with ``ENABLE_FORWARD_USER_INFO_HEADERS``) maps the chat to
+  one Letta conversation of the agent, as ``chat_id`` does on ``/chat/stream``; optional
+  ``X-OpenWebUI-User-Message-Id`` / ``X-OpenWebUI-User-Message-Parent-Id`` (custom headers with
+  OpenWebUI's ``{{USER_MESSAGE_ID}}`` / ``{{USER_MESSAGE_PARENT_ID}}`` templates) spot regenerates
+  and edits.  Without a chat id: the agent's default history.
 * Errors are OpenAI error objects with the right status, all before a stream starts (a
   failure mid-stream is an error object in the stream, then ``[DONE]``).
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -48,6 +51,8 @@ from pipeline.source import aclose_quietly
 from pipeline.streams import Receive, Send
 from pipeline.throttle import throttle
 
+from ..bodies import MAX_ID_CHARS
+from ..conversations import Target, target, whole_turn
 from ..errors import ApiError, InvalidRequest, TurnInProgress, UpstreamError
 from ..identity import student_from_headers
 from ..openai_api import (
@@ -111,11 +116,28 @@ async def chat_completions() -> Response | dict[str, Any]:
         raise InvalidRequest(f"the last user message is longer than {limit} characters", field="messages")
     if svc.draining.is_set():
         raise ShuttingDown("the service is restarting; try again in a moment")
+    chat = {name: _header_id(header) for name, header in CHAT_HEADERS.items()}
     async with letta_errors():
         agent, _ = await svc.registry.get_or_create(student.user_id, agent_type, student.name)
+    where = partial(target, svc.conversations, agent.agent_id, message, chat.pop("chat_id"), **chat)
     if body.stream:
-        return await _stream(svc, agent.agent_id, message, reply)
-    return await _whole(svc, agent.agent_id, message, reply)
+        return await _stream(svc, agent.agent_id, where, reply)
+    return await _whole(svc, agent.agent_id, where, reply)
+
+
+CHAT_HEADERS = {
+    "chat_id": "X-OpenWebUI-Chat-Id",
+    "user_message_id": "X-OpenWebUI-User-Message-Id",
+    "parent_message_id": "X-OpenWebUI-User-Message-Parent-Id",
+}
+
+
+def _header_id(name: str) -> str | None:
+    """An id header's value: absent or blank is none; too long is a 400 naming the header."""
+    value = request.headers.get(name, "").strip()
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidRequest(f"{name} is longer than {MAX_ID_CHARS} characters", field=name)
+    return value or None
 
 
 @attrs.frozen
@@ -146,13 +168,19 @@ async def _claim(svc: Services, agent_id: str, turn_id: str) -> None:
         raise TurnInProgress("the agent is still answering the previous message; send this one when it is done")
 
 
-async def _whole(svc: Services, agent_id: str, message: str, reply: Reply) -> dict[str, Any]:
+Where = Callable[[], Awaitable[Target]]
+"""Resolves the turn's conversation (after the agent is claimed: a regenerate is judged on a quiet agent)."""
+
+
+async def _whole(svc: Services, agent_id: str, where: Where, reply: Reply) -> dict[str, Any]:
     turn_id, host = new_id("turn"), svc.host
     await _claim(svc, agent_id, turn_id)
     try:
-        async with host.owning(agent_id, turn_id), letta_errors():
-            # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
-            response = await svc.stream_client().agents.messages.create(agent_id, input=message)
+        async with host.owning(agent_id, turn_id):
+            found = await where()
+            async with letta_errors():
+                # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
+                response = await whole_turn(svc.stream_client(), agent_id, found)
     except anyio.get_cancelled_exc_class():
         svc.canceller.submit(agent_id, None)  # the client left: nobody will read this reply
         raise
@@ -166,12 +194,20 @@ async def _whole(svc: Services, agent_id: str, message: str, reply: Reply) -> di
     return reply.whole(events)
 
 
-async def _stream(svc: Services, agent_id: str, message: str, reply: Reply) -> Response:
+async def _stream(svc: Services, agent_id: str, where: Where, reply: Reply) -> Response:
     turn_id, host = new_id("turn"), svc.host
     await _claim(svc, agent_id, turn_id)
     try:
+        found = await where()
         async with letta_errors():
-            turn = await start_turn(svc.stream_client(), agent_id, message, control=svc.control)
+            turn = await start_turn(
+                svc.stream_client(),
+                agent_id,
+                found.text,
+                control=svc.control,
+                conversation_id=found.conversation_id,
+                otid=found.otid,
+            )
     except BaseException:
         await host.apply_shielded(agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent
         raise

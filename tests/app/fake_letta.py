@@ -257,7 +257,9 @@ class FakeConversationMessages:
         self.sent.append((conversation_id, message["content"], message.get("otid")))
         letta.conversation_messages.setdefault(conversation_id, []).append(
             UserMessage.model_construct(
-                id=f"message-{next(letta.ids)}", content=message["content"], otid=message.get("otid"),
+                id=f"message-{next(letta.ids)}",
+                content=message["content"],
+                otid=message.get("otid"),
                 message_type="user_message",
             )
         )
@@ -272,8 +274,11 @@ class FakeConversationMessages:
 async def _post(letta: FakeLetta, path: str, *, cast_to: Any, body: dict[str, Any], **_: Any) -> Any:
     """``client.post``: only the non-streaming ``/v1/conversations/{id}/messages`` is faked."""
     conversation_id = path.removeprefix("/v1/conversations/").removesuffix("/messages")
-    assert body.get("streaming") is False and cast_to is LettaResponse, (path, body)
-    call = letta.conversations_api.messages.create(conversation_id, **{k: v for k, v in body.items() if k != "streaming"})
+    assert body.get("streaming") is False, body
+    assert cast_to is LettaResponse
+    call = letta.conversations_api.messages.create(
+        conversation_id, **{k: v for k, v in body.items() if k != "streaming"}
+    )
     return await letta.agents_api.messages.create(call._agent_id, **call._kwargs)
 
 
@@ -304,7 +309,8 @@ class FakeConversations:
         found = [
             c
             for c in self._letta.conversations.values()
-            if (agent_id is None or c.agent_id == agent_id) and (not summary_search or summary_search in (c.summary or ""))
+            if (agent_id is None or c.agent_id == agent_id)
+            and (not summary_search or summary_search in (c.summary or ""))
         ]
         return found if order == "asc" else found[::-1]
 

@@ -50,7 +50,8 @@ async def test_two_chats_are_two_conversations_and_no_chat_is_the_default(app: Q
     await _stream(app, agent_id=agent_id, message="no chat")
     sent = letta.conversations.messages.sent
     conv_a, conv_b = sent[0][0], sent[1][0]
-    assert conv_a != conv_b and sent[2][0] == conv_a
+    assert conv_a != conv_b
+    assert sent[2][0] == conv_a
     assert [text for _, text, _ in sent] == ["in A", "in B", "again A"]  # "no chat" went to the agent directly
     assert letta.agents.messages.sent[-1] == (agent_id, "no chat")
     store = letta.store.conversations
@@ -75,7 +76,9 @@ async def test_a_restarted_service_finds_the_chats_conversation_in_letta(letta: 
     agent = await letta.agents.create(name="a", tags=[])
     first, created = await index.for_chat(agent.id, "chat-R")
     again, created_again = await ConversationIndex(letta).for_chat(agent.id, "chat-R")  # a new process: empty cache
-    assert created and not created_again and again == first
+    assert created
+    assert not created_again
+    assert again == first
     assert (await ConversationIndex(letta).for_chat(agent.id, "chat-R2"))[0] != first  # "chat-R" ⊂ "chat-R2"
 
 
@@ -105,10 +108,13 @@ async def test_regenerate_and_edit_are_told_to_the_agent(app: Quart, letta: Any)
     await _stream(app, **turn, message="And 4+4?", user_message_id="u3", parent_message_id="a1")  # edit of u2
     await _stream(app, **turn, message="Thanks", user_message_id="u4", parent_message_id="a9")  # a new message
     sent = [text for _, text, _ in letta.conversations.messages.sent]
-    assert sent[0] == "What is 2+2?" and sent[1] == "And 3+3?" and sent[4] == "Thanks"
+    assert sent[0] == "What is 2+2?"
+    assert sent[1] == "And 3+3?"
+    assert sent[4] == "Thanks"
     assert sent[2] == agent_input("And 3+3?", _earlier("regenerate", "And 3+3?"))
     assert "asked you to answer this message again" in sent[2]
-    assert sent[3].endswith("And 4+4?") and 'which read: "And 3+3?"' in sent[3]
+    assert sent[3].endswith("And 4+4?")
+    assert 'which read: "And 3+3?"' in sent[3]
     assert [otid for _, _, otid in letta.conversations.messages.sent][3] == "owui:u3:a1"
 
 
@@ -127,7 +133,8 @@ async def test_bad_ids_are_a_400_naming_the_field(app: Quart, letta: Any, field:
         assert response.status_code == 400, (path, field, value)
         body = await response.get_json()
         assert (body["error"], body["field"]) == ("invalid_request", field)
-    assert letta.conversations.messages.sent == [] and letta.agents.messages.sent == []
+    assert letta.conversations.messages.sent == []
+    assert letta.agents.messages.sent == []
 
 
 async def test_text_of_the_turn_is_unchanged_inside_a_conversation(app: Quart) -> None:

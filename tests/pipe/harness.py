@@ -47,6 +47,7 @@ async def run_pipe(
     user_id: str = "student-1",
     stop_after_chunks: int | None = None,
     chat_id: str = "chat-1",
+    metadata: dict[str, Any] | None = None,
 ) -> Outcome:
     outcome = Outcome()
 
@@ -56,7 +57,11 @@ async def run_pipe(
     body = {"model": "letta_tutor", "stream": task is None, "messages": [{"role": "user", "content": message}]}
     user = {"id": user_id, "name": "Ada", "valves": Pipe.UserValves(SHOW_REASONING=show_reasoning)}
     result = await pipe.pipe(
-        body, __user__=user, __metadata__={"chat_id": chat_id}, __event_emitter__=emitter, __task__=task
+        body,
+        __user__=user,
+        __metadata__={"chat_id": chat_id, **(metadata or {})},
+        __event_emitter__=emitter,
+        __task__=task,
     )
     if isinstance(result, str):
         outcome.returned = result

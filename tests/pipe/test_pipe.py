@@ -133,6 +133,18 @@ async def test_api_calls_without_a_chat_send_no_chat_id(scripted: ServiceThread,
     assert calls[-1][1]["chat_id"] is None
 
 
+async def test_the_message_ids_go_with_the_chat(scripted: ServiceThread, calls: list[Any]) -> None:
+    """What the service needs to spot a regenerate (same user message id) or an edit (same parent)."""
+    meta = {"user_message_id": "um-2", "message_id": "am-2", "user_message": {"id": "um-2", "parentId": "am-1"}}
+    await run_pipe(make_pipe(scripted.url), "happy", metadata=meta)
+    body = calls[-1][1]
+    assert (body["chat_id"], body["user_message_id"], body["parent_message_id"]) == ("chat-1", "um-2", "am-1")
+    await run_pipe(make_pipe(scripted.url), "happy", metadata={"user_message": {"id": "um-1", "parentId": None}})
+    assert (calls[-1][1]["user_message_id"], calls[-1][1]["parent_message_id"]) == ("um-1", None)
+    await run_pipe(make_pipe(scripted.url), "happy", chat_id="", metadata=meta)  # no chat: no ids either
+    assert [calls[-1][1][k] for k in ("chat_id", "user_message_id", "parent_message_id")] == [None, None, None]
+
+
 async def test_stop_hides_the_status_line(scripted: ServiceThread, calls: list[Any]) -> None:
     outcome = await run_pipe(make_pipe(scripted.url), "slow", stop_after_chunks=1)
     assert len(outcome.chunks) == 1
