@@ -17,11 +17,11 @@ from typing import Any, Final
 import attrs
 from letta_client import AsyncLetta, NotFoundError
 
+from .agent_types import AgentTemplate, AgentTypes
 from .bodies import AgentInfo
 from .errors import InvalidRequest, UpstreamUnavailable
 from .store import LockTimeout
 from .store.memory import MemoryStore
-from .templates import TEMPLATES, AgentTemplate
 
 Lock = Callable[..., AbstractAsyncContextManager[None]]
 """``lock(name, ttl=..., wait=...)``: a store's lock (:meth:`app.store.TurnStore.lock`)."""
@@ -55,15 +55,14 @@ def agent_info(agent: Any) -> AgentInfo | None:
 
 @attrs.define
 class AgentRegistry:
-    """Finds and creates students' agents.  ``model``/``embedding`` are Letta handles.
+    """Finds and creates students' agents, each from its type's definition in ``types``.
 
     Every read asks for ``include=["agent.tags"]``: Letta returns no relationships
     unless asked, and an agent's tags are one.
     """
 
     client: AsyncLetta
-    model: str
-    embedding: str
+    types: AgentTypes
     lock: Lock = attrs.Factory(lambda: MemoryStore().lock)
     _by_key: dict[tuple[str, str], AgentInfo] = attrs.field(factory=dict, init=False)
     _by_id: dict[str, AgentInfo] = attrs.field(factory=dict, init=False)
@@ -82,9 +81,9 @@ class AgentRegistry:
         self, user_id: str, agent_type: str, user_name: str | None = None
     ) -> tuple[AgentInfo, bool]:
         """The student's agent of that type, and whether it was created now."""
-        template = TEMPLATES.get(agent_type)
+        template = self.types.get(agent_type)
         if template is None:
-            known = ", ".join(sorted(TEMPLATES))
+            known = ", ".join(self.types)
             raise InvalidRequest(f"unknown agent_type {agent_type!r} (known: {known})", field="agent_type")
         key = (user_id, agent_type)
         found = self._by_key.get(key)
@@ -106,12 +105,10 @@ class AgentRegistry:
         agent = await self.client.agents.create(
             name=f"{agent_type}-{user_id}"[:100],
             agent_type=template.letta_agent_type,
-            model=self.model,
-            embedding=self.embedding,
-            memory_blocks=[
-                {"label": "persona", "value": template.persona},
-                {"label": "human", "value": template.human_block(user_name)},
-            ],
+            model=template.model,
+            embedding=template.embedding,
+            memory_blocks=template.memory_blocks(user_name),
+            tools=list(template.tools),
             tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
             metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
         )
