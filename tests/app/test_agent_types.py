@@ -215,7 +215,10 @@ async def test_agent_types_lists_the_file_and_needs_the_token(tmp_path: Path) ->
 @pytest.mark.anyio
 async def test_the_shipped_types_are_listed(app: Quart) -> None:
     body = await (await app.test_client().get("/agent-types")).get_json()
-    assert [(t["id"], t["name"]) for t in body["agent_types"]] == [("tutor", "Letta Tutor"), ("study-coach", "Study Coach")]
+    assert [(t["id"], t["name"]) for t in body["agent_types"]] == [
+        ("tutor", "Letta Tutor"),
+        ("study-coach", "Study Coach"),
+    ]
 
 
 @pytest.mark.anyio
@@ -235,7 +238,12 @@ async def test_agents_are_created_from_their_types_definition(custom: Quart, let
     assert (made_coach["model"], made_coach["embedding"]) == ("openai/special", "svc/embed")
     assert made_coach["tools"] == ["archival_memory_search"]
     assert [b["label"] for b in made_coach["memory_blocks"]] == ["persona", "human", "plan", "notes"]
-    assert made_coach["memory_blocks"][2] == {"label": "plan", "value": "no plan yet", "limit": 500, "description": "the study plan"}
+    assert made_coach["memory_blocks"][2] == {
+        "label": "plan",
+        "value": "no plan yet",
+        "limit": 500,
+        "description": "the study plan",
+    }
     assert "agent_type:coach" in made_coach["tags"]
     again = await client.post("/agents", json={"user_id": "u1", "agent_type": "coach"})
     assert again.status_code == 200
