@@ -47,13 +47,14 @@ async def run_pipe(
     user_id: str = "student-1",
     stop_after_chunks: int | None = None,
     chat_id: str = "chat-1",
+    model: str = "letta_tutor",
 ) -> Outcome:
     outcome = Outcome()
 
     async def emitter(event: dict[str, Any]) -> None:
         outcome.statuses.append(event)
 
-    body = {"model": "letta_tutor", "stream": task is None, "messages": [{"role": "user", "content": message}]}
+    body = {"model": model, "stream": task is None, "messages": [{"role": "user", "content": message}]}
     user = {"id": user_id, "name": "Ada", "valves": Pipe.UserValves(SHOW_REASONING=show_reasoning)}
     result = await pipe.pipe(
         body, __user__=user, __metadata__={"chat_id": chat_id}, __event_emitter__=emitter, __task__=task
