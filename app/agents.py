@@ -10,16 +10,17 @@ any worker or replica — create one agent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import attrs
-from letta_client import AsyncLetta, NotFoundError
+from letta_client import APIStatusError, AsyncLetta, NotFoundError
 
 from .agent_types import AgentTemplate, AgentTypes
 from .bodies import AgentInfo
-from .errors import InvalidRequest, UpstreamUnavailable
+from .errors import AgentTypeMisconfigured, InvalidRequest, UpstreamUnavailable
 from .store import LockTimeout
 from .store.memory import MemoryStore
 
@@ -30,6 +31,8 @@ CREATE_LOCK_SECONDS: Final = 60.0
 """The longest a creation may hold its lock (a holder that dies frees it then)."""
 
 SERVICE_TAG: Final = "letta-stream"
+
+log = logging.getLogger(__name__)
 
 
 def _tag_value(tags: Iterable[str], prefix: str) -> str | None:
@@ -51,6 +54,13 @@ def agent_info(agent: Any) -> AgentInfo | None:
         return None
     created = agent.created_at.isoformat() if getattr(agent, "created_at", None) else None
     return AgentInfo(agent.id, user_id, agent_type, agent.name, created)
+
+
+def tools_detail(exc: APIStatusError) -> str:
+    """Letta's own words about the missing tools (its ``detail``), else its whole message."""
+    body = exc.body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail or exc.message)
 
 
 @attrs.define
@@ -102,7 +112,25 @@ class AgentRegistry:
         found = await self._find(user_id, agent_type)
         if found is not None:
             return found, False
-        agent = await self.client.agents.create(
+        try:
+            agent = await self._create(user_id, template, user_name)
+        except APIStatusError as exc:
+            if exc.status_code != 400 or "tools not found" not in str(exc.message).lower():
+                raise
+            # Letta 0.16.8 answers 400 "Tools not found by name: {...}" for a tool it does not have
+            message = (
+                f"agent type {agent_type!r} ({self.types.source}) names tools Letta does not have: {tools_detail(exc)}"
+            )
+            log.error("cannot create an agent: %s", message)
+            raise AgentTypeMisconfigured(message, field="agent_type") from exc
+        info = agent_info(agent)
+        assert info is not None, "an agent created with our tags is ours"
+        self._remember(info)
+        return info, True
+
+    async def _create(self, user_id: str, template: AgentTemplate, user_name: str | None) -> Any:
+        agent_type = template.id
+        return await self.client.agents.create(
             name=f"{agent_type}-{user_id}"[:100],
             agent_type=template.letta_agent_type,
             model=template.model,
@@ -112,10 +140,6 @@ class AgentRegistry:
             tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
             metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
         )
-        info = agent_info(agent)
-        assert info is not None, "an agent created with our tags is ours"
-        self._remember(info)
-        return info, True
 
     async def list_for_user(self, user_id: str) -> list[AgentInfo]:
         """The student's agents, as Letta has them now."""
