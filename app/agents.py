@@ -10,18 +10,19 @@ any worker or replica — create one agent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import attrs
-from letta_client import AsyncLetta, NotFoundError
+from letta_client import APIStatusError, AsyncLetta, NotFoundError
 
+from .agent_types import AgentTemplate, AgentTypes
 from .bodies import AgentInfo
-from .errors import InvalidRequest, UpstreamUnavailable
+from .errors import AgentTypeMisconfigured, InvalidRequest, UpstreamUnavailable
 from .store import LockTimeout
 from .store.memory import MemoryStore
-from .templates import TEMPLATES, AgentTemplate
 
 Lock = Callable[..., AbstractAsyncContextManager[None]]
 """``lock(name, ttl=..., wait=...)``: a store's lock (:meth:`app.store.TurnStore.lock`)."""
@@ -30,6 +31,8 @@ CREATE_LOCK_SECONDS: Final = 60.0
 """The longest a creation may hold its lock (a holder that dies frees it then)."""
 
 SERVICE_TAG: Final = "letta-stream"
+
+log = logging.getLogger(__name__)
 
 
 def _tag_value(tags: Iterable[str], prefix: str) -> str | None:
@@ -53,17 +56,23 @@ def agent_info(agent: Any) -> AgentInfo | None:
     return AgentInfo(agent.id, user_id, agent_type, agent.name, created)
 
 
+def tools_detail(exc: APIStatusError) -> str:
+    """Letta's own words about the missing tools (its ``detail``), else its whole message."""
+    body = exc.body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail or exc.message)
+
+
 @attrs.define
 class AgentRegistry:
-    """Finds and creates students' agents.  ``model``/``embedding`` are Letta handles.
+    """Finds and creates students' agents, each from its type's definition in ``types``.
 
     Every read asks for ``include=["agent.tags"]``: Letta returns no relationships
     unless asked, and an agent's tags are one.
     """
 
     client: AsyncLetta
-    model: str
-    embedding: str
+    types: AgentTypes
     lock: Lock = attrs.Factory(lambda: MemoryStore().lock)
     _by_key: dict[tuple[str, str], AgentInfo] = attrs.field(factory=dict, init=False)
     _by_id: dict[str, AgentInfo] = attrs.field(factory=dict, init=False)
@@ -82,9 +91,9 @@ class AgentRegistry:
         self, user_id: str, agent_type: str, user_name: str | None = None
     ) -> tuple[AgentInfo, bool]:
         """The student's agent of that type, and whether it was created now."""
-        template = TEMPLATES.get(agent_type)
+        template = self.types.get(agent_type)
         if template is None:
-            known = ", ".join(sorted(TEMPLATES))
+            known = ", ".join(self.types)
             raise InvalidRequest(f"unknown agent_type {agent_type!r} (known: {known})", field="agent_type")
         key = (user_id, agent_type)
         found = self._by_key.get(key)
@@ -103,22 +112,34 @@ class AgentRegistry:
         found = await self._find(user_id, agent_type)
         if found is not None:
             return found, False
-        agent = await self.client.agents.create(
-            name=f"{agent_type}-{user_id}"[:100],
-            agent_type=template.letta_agent_type,
-            model=self.model,
-            embedding=self.embedding,
-            memory_blocks=[
-                {"label": "persona", "value": template.persona},
-                {"label": "human", "value": template.human_block(user_name)},
-            ],
-            tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
-            metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
-        )
+        try:
+            agent = await self._create(user_id, template, user_name)
+        except APIStatusError as exc:
+            if exc.status_code != 400 or "tools not found" not in str(exc.message).lower():
+                raise
+            # Letta 0.16.8 answers 400 "Tools not found by name: {...}" for a tool it does not have
+            message = (
+                f"agent type {agent_type!r} ({self.types.source}) names tools Letta does not have: {tools_detail(exc)}"
+            )
+            log.error("cannot create an agent: %s", message)
+            raise AgentTypeMisconfigured(message, field="agent_type") from exc
         info = agent_info(agent)
         assert info is not None, "an agent created with our tags is ours"
         self._remember(info)
         return info, True
+
+    async def _create(self, user_id: str, template: AgentTemplate, user_name: str | None) -> Any:
+        agent_type = template.id
+        return await self.client.agents.create(
+            name=f"{agent_type}-{user_id}"[:100],
+            agent_type=template.letta_agent_type,
+            model=template.model,
+            embedding=template.embedding,
+            memory_blocks=template.memory_blocks(user_name),
+            tools=list(template.tools),
+            tags=[SERVICE_TAG, f"user:{user_id}", f"agent_type:{agent_type}"],
+            metadata={"user_id": user_id, "agent_type": agent_type, "created_by": SERVICE_TAG},
+        )
 
     async def list_for_user(self, user_id: str) -> list[AgentInfo]:
         """The student's agents, as Letta has them now."""

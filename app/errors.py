@@ -44,6 +44,14 @@ class UpstreamError(ApiError):
     code = "upstream_error"
 
 
+class AgentTypeMisconfigured(ApiError):
+    """Letta refused to create an agent of a type as the agent-types file defines it (e.g. a tool
+    it does not have): the operator's mistake, not the client's, and not Letta failing."""
+
+    status = 500
+    code = "agent_type_misconfigured"
+
+
 class UpstreamUnavailable(ApiError):
     """Letta could not be reached or timed out."""
 

@@ -11,6 +11,7 @@ from letta_client import AsyncLetta
 from quart import Quart
 from werkzeug.exceptions import HTTPException
 
+from .agent_types import AgentTypes, load_agent_types
 from .agents import AgentRegistry
 from .auth import install_auth
 from .cancels import RunCanceller
@@ -47,10 +48,19 @@ def _without_password(url: str) -> str:
 
 
 def create_app(
-    settings: Settings | None = None, client: AsyncLetta | None = None, store: TurnStore | None = None
+    settings: Settings | None = None,
+    client: AsyncLetta | None = None,
+    store: TurnStore | None = None,
+    agent_types: AgentTypes | None = None,
 ) -> Quart:
-    """The service.  ``client`` replaces the Letta client and ``store`` the turn store (tests)."""
+    """The service.  ``client`` replaces the Letta client, ``store`` the turn store and
+    ``agent_types`` the types read from ``settings.agents_file`` (tests).
+
+    Raises :class:`~app.settings.SettingsError` (startup fails) for a bad setting or agent-types file.
+    """
     settings = settings if settings is not None else settings_from_env()
+    if agent_types is None:
+        agent_types = load_agent_types(settings.agents_file, model=settings.model, embedding=settings.embedding)
     app = Quart(__name__, static_folder=None)
     app.asgi_http_class = StreamingConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -69,7 +79,7 @@ def create_app(
     svc = Services(
         settings,
         clients.crud,
-        AgentRegistry(clients.crud, settings.model, settings.embedding, lock=turn_store.lock),
+        AgentRegistry(clients.crud, agent_types, lock=turn_store.lock),
         control=clients.control,
         streams=clients.streams,
         canceller=canceller,

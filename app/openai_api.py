@@ -1,8 +1,7 @@
 """The OpenAI-compatible API's vocabulary: its models, its request body, its error objects.
 
-* A *model* is an agent type: one model per type, its id the type's name (``tutor``).
-  The types come from :func:`agent_types` — the one place to change when agent types
-  move elsewhere.
+* A *model* is an agent type: one model per type in the agent-types file
+  (:mod:`app.agent_types`), its id the type's id (``tutor``), its name the type's name.
 * A request is an OpenAI chat-completion body; only ``model``, ``messages`` and
   ``stream`` matter (other fields are accepted and ignored: the agent has its own model
   and settings).  The agent keeps the conversation in its own memory, so only the
@@ -19,32 +18,22 @@ from typing import Any, Final
 
 import attrs
 
+from .agent_types import AgentTypes
 from .bodies import FieldError
 from .errors import ApiError, NotFound
-from .templates import TEMPLATES, AgentTemplate
 
 OWNED_BY: Final = "letta-stream"
 STARTED: Final = int(time.time())
 """The ``created`` of every model: when this process started."""
 
 
-def agent_types() -> Mapping[str, AgentTemplate]:
-    """The agent types, by name: each is a model."""
-    return TEMPLATES
-
-
-def display_name(agent_type: str) -> str:
-    """The name a model is shown with (OpenWebUI's model menu)."""
-    return f"Letta {agent_type.replace('_', ' ').replace('-', ' ').title()}"
-
-
-def model_list() -> dict[str, Any]:
-    """``GET /v1/models``: one model per agent type."""
+def model_list(types: AgentTypes) -> dict[str, Any]:
+    """``GET /v1/models``: one model per agent type, named as students see it."""
     return {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": STARTED, "owned_by": OWNED_BY, "name": display_name(name)}
-            for name in agent_types()
+            {"id": t.id, "object": "model", "created": STARTED, "owned_by": OWNED_BY, "name": t.name}
+            for t in types.values()
         ],
     }
 
@@ -53,10 +42,10 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-def model_type(model: str) -> str:
+def model_type(types: AgentTypes, model: str) -> str:
     """The agent type a model id names; 404 :class:`ModelNotFound` for none."""
-    if model not in agent_types():
-        known = ", ".join(sorted(agent_types()))
+    if model not in types:
+        known = ", ".join(types)
         raise ModelNotFound(f"the model {model!r} does not exist (models: {known})", field="model")
     return model
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 import cattrs
+
+DEFAULT_AGENTS_FILE = str(Path(__file__).resolve().parents[1] / "agents.toml")
+"""The agent types shipped at the repository's root."""
 
 
 class SettingsError(ValueError):
@@ -31,6 +35,8 @@ class Settings:
     letta_timeout: float = _env("LETTA_TIMEOUT_SECONDS", 300.0)
     model: str = _env("LETTA_MODEL", "openai/gpt-4o-mini")
     embedding: str = _env("LETTA_EMBEDDING", "openai/text-embedding-3-small")
+    agents_file: str = _env("AGENTS_FILE", DEFAULT_AGENTS_FILE)
+    """The agent types students can pick (:mod:`app.agent_types`), read and checked at startup."""
     throttle_window: float = _env("STREAM_THROTTLE_SECONDS", 0.05)
     keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
     cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 30.0)

@@ -25,12 +25,20 @@ requirements: httpx-sse==0.4.3
 # and gets the rest of the same turn from any replica (no text twice, none lost).  The
 # stop button is not a drop: the pipe tells the service (`POST /chat/cancel`) so the
 # turn stops at once instead of waiting for a reconnect that will never come.
+#
+# A manifold (verified in OpenWebUI 0.12.4, functions.py): `pipes()` lists one model per
+# agent type the service defines (`GET /agent-types`), so students pick a tutor in the
+# model menu; OpenWebUI names each `<function id>.<type id>` and passes that id to `pipe()`
+# as body["model"] (a workspace model built on one passes its base model's id).  The list
+# is cached (TYPES_TTL); while the service can't be reached the last list is kept, or the
+# AGENT_TYPE valve's type alone is listed, so chats never lose their model.
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -42,6 +50,11 @@ log = logging.getLogger(__name__)
 
 MAX_RESUMES = 5
 """Reconnects per turn (a rolling restart of every replica needs one per replica)."""
+
+TYPES_TTL = 60.0
+"""Seconds a list of agent types fetched from the service is reused (OpenWebUI lists models often)."""
+TYPES_RETRY = 10.0
+"""After a failed fetch, seconds before the service is asked again (model listings stay fast)."""
 
 Emitter = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -262,7 +275,9 @@ class Pipe:
     class Valves(BaseModel):
         SERVICE_URL: str = Field(default="http://127.0.0.1:8100", description="letta-stream service URL")
         SERVICE_TOKEN: str = Field(default="", description="Bearer token the service expects (if any)")
-        AGENT_TYPE: str = Field(default="tutor", description="Template of each student's agent")
+        AGENT_TYPE: str = Field(
+            default="tutor", description="Fallback agent type (a model id naming none; the service down)"
+        )
         ENABLE_THINKING: bool = Field(default=True, description="Ask the agent to reason before answering")
         CONNECT_TIMEOUT: float = Field(default=5.0, description="Seconds to reach the service")
         READ_TIMEOUT: float = Field(default=60.0, description="Seconds of silence before giving up (> keepalive)")
@@ -272,6 +287,52 @@ class Pipe:
 
     def __init__(self) -> None:
         self.valves = self.Valves()
+        # a cache shared by every request (not per-request state): the last agent types the service listed
+        self._types: list[dict[str, str]] = []
+        self._types_key: tuple[str, str] = ("", "")  # (SERVICE_URL, SERVICE_TOKEN) it came from
+        self._types_until = 0.0  # monotonic time until which the cached answer is reused
+
+    async def pipes(self) -> list[dict[str, str]]:
+        """The manifold's models: ``[{"id": type id, "name": display name}]``, one per agent type.
+
+        Never raises (OpenWebUI would drop every model of this function): when the service
+        can't answer, the last list it gave, else the ``AGENT_TYPE`` valve's type alone.
+        """
+        key = (self.valves.SERVICE_URL, self.valves.SERVICE_TOKEN)
+        now = time.monotonic()
+        if key == self._types_key and now < self._types_until:
+            return [dict(t) for t in self._types] or [self._fallback_type()]
+        try:
+            types = await self._fetch_types()
+        except (httpx.HTTPError, ServiceError, ValueError, KeyError, TypeError) as exc:
+            log.warning("letta pipe: could not list the agent types: %r", exc)
+            if key != self._types_key:
+                self._types = []
+            self._types_key, self._types_until = key, now + TYPES_RETRY
+            return [dict(t) for t in self._types] or [self._fallback_type()]
+        self._types, self._types_key, self._types_until = types, key, now + TYPES_TTL
+        return [dict(t) for t in types]
+
+    async def _fetch_types(self) -> list[dict[str, str]]:
+        timeout = httpx.Timeout(5.0, connect=min(self.valves.CONNECT_TIMEOUT, 3.0))
+        async with httpx.AsyncClient(base_url=self.valves.SERVICE_URL, timeout=timeout, headers=self._auth()) as client:
+            response = await client.get("/agent-types")
+        if response.status_code != 200:
+            raise ServiceError(refusal(response), response.status_code)
+        listed = response.json()["agent_types"]
+        types = [{"id": str(t["id"]), "name": str(t.get("name") or t["id"])} for t in listed]
+        if not types:
+            raise ValueError("the service lists no agent types")
+        return types
+
+    def _fallback_type(self) -> dict[str, str]:
+        type_id = self.valves.AGENT_TYPE
+        return {"id": type_id, "name": "Letta " + type_id.replace("-", " ").replace("_", " ").title()}
+
+    def agent_type_of(self, body: dict[str, Any]) -> str:
+        """The agent type a chat is with: the part after ``<function id>.`` of its model id, else ``AGENT_TYPE``."""
+        _, dot, sub_id = str(body.get("model") or "").partition(".")
+        return sub_id if dot and sub_id else self.valves.AGENT_TYPE
 
     async def pipe(
         self,
@@ -306,7 +367,7 @@ class Pipe:
         timeout = httpx.Timeout(valves.READ_TIMEOUT, connect=valves.CONNECT_TIMEOUT)
         try:
             async with httpx.AsyncClient(base_url=valves.SERVICE_URL, timeout=timeout, headers=self._auth()) as client:
-                agent_id = await self._agent_for(client, user)
+                agent_id = await self._agent_for(client, user, self.agent_type_of(body))
                 request = {
                     "agent_id": agent_id,
                     "message": message,
@@ -366,12 +427,12 @@ class Pipe:
         except httpx.HTTPError as exc:
             log.warning("letta pipe: could not ask the service to stop the turn: %r", exc)
 
-    async def _agent_for(self, client: httpx.AsyncClient, user: dict[str, Any]) -> str:
-        """Find or create the student's agent through the service."""
+    async def _agent_for(self, client: httpx.AsyncClient, user: dict[str, Any], agent_type: str) -> str:
+        """Find or create the student's agent of that type through the service."""
         user_id = user.get("id")
         if not user_id:
             raise ServiceError("I couldn't tell who you are; please sign in again.")
-        payload = {"user_id": user_id, "agent_type": self.valves.AGENT_TYPE, "user_name": user.get("name")}
+        payload = {"user_id": user_id, "agent_type": agent_type, "user_name": user.get("name")}
         response = await client.post("/agents", json=payload)
         if response.status_code not in (200, 201):
             raise ServiceError(refusal(response))

@@ -1,4 +1,4 @@
-"""``POST /agents``, ``GET /agents?user_id=``, ``GET /agents/<id>``."""
+"""``GET /agent-types``, ``POST /agents``, ``GET /agents?user_id=``, ``GET /agents/<id>``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from ..services import json_body, services
 from ..upstream import letta_errors
 
 blueprint = Blueprint("agents", __name__)
+
+
+@blueprint.get("/agent-types")
+async def list_agent_types() -> dict[str, Any]:
+    """``{"agent_types": [{id, name, description}]}``: the types a student can pick, in the file's order."""
+    return {"agent_types": services().registry.types.listing()}
 
 
 @blueprint.post("/agents")

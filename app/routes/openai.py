@@ -58,7 +58,6 @@ from ..identity import student_from_headers
 from ..openai_api import (
     CompletionRequest,
     api_error_object,
-    display_name,
     error_object,
     last_user_text,
     model_list,
@@ -94,7 +93,7 @@ async def _http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
 @blueprint.get("/models")
 async def models() -> dict[str, Any]:
     """One model per agent type."""
-    return model_list()
+    return model_list(services().registry.types)
 
 
 @blueprint.post("/chat/completions")
@@ -102,13 +101,13 @@ async def chat_completions() -> Response | dict[str, Any]:
     """The last user message to the student's agent of the model's type; its answer, streamed or whole."""
     svc = services()
     body = await json_body(CompletionRequest)
-    agent_type = model_type(body.model)
+    agent_type = model_type(svc.registry.types, body.model)
     student = student_from_headers(request.headers, svc.settings.openwebui_jwt_secret)
     message = last_user_text(body.messages)
     reply = Reply(f"chatcmpl-{uuid.uuid4().hex}", body.model, int(time.time()))
     task = background_task(body)
     if task is not None:
-        return reply.whole([Text(task_answer(task, message, display_name(agent_type))), Done("end_turn")])
+        return reply.whole([Text(task_answer(task, message, svc.registry.types[agent_type].name)), Done("end_turn")])
     if not message.strip():
         raise InvalidRequest("the last user message has no text", field="messages")
     limit = svc.settings.max_message_chars

@@ -320,10 +320,13 @@ class FakeAgents:
         self._letta = letta
         self.messages = FakeMessages(letta)
         self.created = 0
+        self.requests: list[dict[str, Any]] = []
+        """The keyword arguments of every ``create``, in order."""
 
     async def create(self, **kwargs: Any) -> AgentState:
         self._letta.check()
         self.created += 1
+        self.requests.append(kwargs)
         agent = AgentState.model_construct(
             id=f"agent-{next(self._letta.ids)}",
             name=kwargs["name"],

@@ -50,3 +50,11 @@ def test_missing_token_stops_the_server_with_a_clear_message() -> None:
     proc = hypercorn(free_port())
     out, _ = proc.communicate(timeout=30)  # it exits instead of serving (hypercorn 0.18 exits with status 0)
     assert b"letta-stream is misconfigured: SERVICE_TOKEN is not set" in out
+
+
+def test_a_bad_agents_file_stops_the_server_naming_the_file_the_type_and_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "agents.toml"
+    bad.write_text('[[agent_type]]\nid = "tutor"\nname = "Tutor"\nhuman = "Name: {name}."\n')  # no persona
+    proc = hypercorn(free_port(), SERVICE_TOKEN="entry-token", AGENTS_FILE=str(bad))
+    out, _ = proc.communicate(timeout=30)  # exits instead of serving (status 0: hypercorn's, as above)
+    assert f"letta-stream is misconfigured: agent types file {bad}: agent type 'tutor': field 'persona'" in out.decode()

@@ -160,6 +160,17 @@ def test_a_bad_setting_stops_the_launcher_with_its_message(tmp_path: Path) -> No
     assert done.stderr.count("before the app started: stopping") == 1
 
 
+def test_a_bad_agents_file_stops_the_launcher_naming_the_file_the_type_and_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "agents.toml"
+    bad.write_text('[[agent_type]]\nid = "coach"\nname = "Coach"\npersona = "I coach."\nhuman = "x"\nvoice = "calm"\n')
+    env = service_env(closed_port_url(), AGENTS_FILE=str(bad))
+    cmd = [sys.executable, "-m", "app.launch", "--bind", f"127.0.0.1:{free_port()}", "--workers", "2"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert f"agent types file {bad}: agent type 'coach': field 'voice': unknown field" in done.stderr
+    assert done.stderr.count("before the app started: stopping") == 1
+
+
 def test_in_process_serves_and_drains(tmp_path: Path) -> None:
     service = ServiceProcess(free_port(), service_env(closed_port_url()), tmp_path / "launch.log", workers=0)
     service.start()

@@ -88,7 +88,8 @@ async def test_models_are_the_agent_types(app: Quart) -> None:
     body = await response.get_json()
     assert body["object"] == "list"
     assert [(m["id"], m["object"], m["owned_by"], m["name"]) for m in body["data"]] == [
-        ("tutor", "model", "letta-stream", "Letta Tutor")
+        ("tutor", "model", "letta-stream", "Letta Tutor"),
+        ("study-coach", "model", "letta-stream", "Study Coach"),
     ]
     assert isinstance(body["data"][0]["created"], int)
 

@@ -48,13 +48,14 @@ async def run_pipe(
     stop_after_chunks: int | None = None,
     chat_id: str = "chat-1",
     metadata: dict[str, Any] | None = None,
+    model: str = "letta_tutor",
 ) -> Outcome:
     outcome = Outcome()
 
     async def emitter(event: dict[str, Any]) -> None:
         outcome.statuses.append(event)
 
-    body = {"model": "letta_tutor", "stream": task is None, "messages": [{"role": "user", "content": message}]}
+    body = {"model": model, "stream": task is None, "messages": [{"role": "user", "content": message}]}
     user = {"id": user_id, "name": "Ada", "valves": Pipe.UserValves(SHOW_REASONING=show_reasoning)}
     result = await pipe.pipe(
         body,

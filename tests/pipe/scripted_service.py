@@ -71,6 +71,13 @@ SCENARIOS: dict[str, bytes] = {
 }
 
 
+AGENT_TYPES: list[dict[str, str]] = [
+    {"id": "tutor", "name": "Letta Tutor", "description": "essays"},
+    {"id": "study-coach", "name": "Study Coach", "description": "study plans"},
+]
+"""What ``GET /agent-types`` answers (tests may replace ``app.config["agent_types"]``)."""
+
+
 def create_app() -> Quart:
     app = Quart(__name__)
     app.config["calls"] = []
@@ -83,6 +90,17 @@ def create_app() -> Quart:
     @app.get("/")
     async def root() -> str:
         return "scripted"
+
+    app.config["agent_types"] = AGENT_TYPES
+    app.config["agent_types_status"] = 200
+
+    @app.get("/agent-types")
+    async def agent_types() -> tuple[dict[str, Any], int]:
+        app.config["calls"].append(("agent-types", None))
+        status = app.config["agent_types_status"]
+        if status != 200:
+            return {"error": "unavailable", "message": "scripted failure"}, status
+        return {"agent_types": app.config["agent_types"]}, 200
 
     @app.post("/agents")
     async def agents() -> tuple[dict[str, Any], int]:
