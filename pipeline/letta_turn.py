@@ -18,7 +18,7 @@ log instead (``app/turn_log.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -33,6 +33,7 @@ from letta_client import (
     omit,
 )
 
+from .content import Image, letta_input
 from .events import Error
 from .letta_raw import RawLettaStream, open_raw_stream
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
@@ -84,13 +85,14 @@ async def start_turn(
     agent_id: str,
     message: str,
     *,
+    images: Sequence[Image] = (),
     stream_tokens: bool = True,
     thinking: bool = True,
     max_steps: int | None = None,
     control: AsyncLetta | None = None,
     raw: bool = True,
 ) -> LettaTurn:
-    """Send ``message`` to the agent and return its open stream.
+    """Send ``message`` (with ``images``, pictures pasted with it) to the agent and return its open stream.
 
     Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before
     any chunk is read.
@@ -101,7 +103,7 @@ async def start_turn(
     the SDK's models (``raw=False``), for a fraction of the cost.
     """
     params: dict[str, Any] = {
-        "input": message,
+        "input": letta_input(message, images),
         "stream_tokens": stream_tokens,
         "include_pings": True,
         "enable_thinking": "true" if thinking else "false",

@@ -8,9 +8,11 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 from quart import Blueprint, Response, g, request
 
 from pipeline.compose import open_flow
+from pipeline.content import letta_input
 from pipeline.events import Error
 from pipeline.keepalive import IdleKeepalive
 from pipeline.letta_map import LettaMapper
@@ -20,6 +22,7 @@ from pipeline.sse import SSEEncoder
 from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
 from ..errors import InvalidRequest, NotFound, NotResumable, TurnInProgress, UpstreamError
 from ..frame_ids import BadFrameId, FrameId, parse_frame_id
+from ..images import check_images, normalized
 from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
@@ -43,8 +46,10 @@ async def _admit(svc: Services, cls: type[Body]) -> Body:
     limit = svc.settings.max_message_chars
     if len(body.message) > limit:
         raise InvalidRequest(f"message is longer than {limit} characters", field="message")
+    settings = svc.settings
+    check_images(body.images, max_count=settings.max_images, max_bytes=settings.max_image_bytes)
     await _check_owner(svc, body.agent_id, body.user_id)
-    return body
+    return attrs.evolve(body, images=normalized(body.images)) if body.images else body
 
 
 async def _check_owner(svc: Services, agent_id: str, user_id: str | None) -> None:
@@ -84,7 +89,9 @@ async def chat() -> dict[str, Any]:
     try:
         async with host.owning(body.agent_id, turn_id), letta_errors():
             # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
-            response = await svc.stream_client().agents.messages.create(body.agent_id, input=body.message)
+            response = await svc.stream_client().agents.messages.create(
+                body.agent_id, input=letta_input(body.message, body.images)
+            )
     except anyio.get_cancelled_exc_class():
         svc.canceller.submit(body.agent_id, None)  # the client left: nobody will read this reply
         raise
@@ -124,6 +131,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
                 svc.stream_client(),
                 body.agent_id,
                 body.message,
+                images=body.images,
                 stream_tokens=body.stream_tokens,
                 thinking=body.enable_thinking,
                 control=svc.control,

@@ -37,6 +37,7 @@ from quart import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from pipeline.compose import open_pipeline
+from pipeline.content import Image, letta_input
 from pipeline.errors import ConsumerStalled
 from pipeline.events import Done, Error, Text, Usage
 from pipeline.filter import filter_letta
@@ -50,6 +51,7 @@ from pipeline.throttle import throttle
 
 from ..errors import ApiError, InvalidRequest, TurnInProgress, UpstreamError
 from ..identity import student_from_headers
+from ..images import check_images, images_from_parts, normalized
 from ..openai_api import (
     CompletionRequest,
     api_error_object,
@@ -104,7 +106,8 @@ async def chat_completions() -> Response | dict[str, Any]:
     task = background_task(body)
     if task is not None:
         return reply.whole([Text(task_answer(task, message, display_name(agent_type))), Done("end_turn")])
-    if not message.strip():
+    images = _last_user_images(svc, body.messages)
+    if not message.strip() and not images:
         raise InvalidRequest("the last user message has no text", field="messages")
     limit = svc.settings.max_message_chars
     if len(message) > limit:
@@ -114,8 +117,20 @@ async def chat_completions() -> Response | dict[str, Any]:
     async with letta_errors():
         agent, _ = await svc.registry.get_or_create(student.user_id, agent_type, student.name)
     if body.stream:
-        return await _stream(svc, agent.agent_id, message, reply)
-    return await _whole(svc, agent.agent_id, message, reply)
+        return await _stream(svc, agent.agent_id, message, images, reply)
+    return await _whole(svc, agent.agent_id, message, images, reply)
+
+
+def _last_user_images(svc: Services, messages: list[dict[str, Any]]) -> list[Image]:
+    """The pictures of the last user message (``image_url`` parts with ``data:`` URLs), checked as ``/chat``'s."""
+    index = next((i for i in reversed(range(len(messages))) if messages[i].get("role") == "user"), None)
+    if index is None:
+        return []
+    images, names = images_from_parts(messages[index].get("content"), f"messages[{index}].content")
+    settings = svc.settings
+    where = f"messages[{index}].content"
+    check_images(images, max_count=settings.max_images, max_bytes=settings.max_image_bytes, field=where, names=names)
+    return normalized(images)
 
 
 @attrs.frozen
@@ -146,13 +161,13 @@ async def _claim(svc: Services, agent_id: str, turn_id: str) -> None:
         raise TurnInProgress("the agent is still answering the previous message; send this one when it is done")
 
 
-async def _whole(svc: Services, agent_id: str, message: str, reply: Reply) -> dict[str, Any]:
+async def _whole(svc: Services, agent_id: str, message: str, images: list[Image], reply: Reply) -> dict[str, Any]:
     turn_id, host = new_id("turn"), svc.host
     await _claim(svc, agent_id, turn_id)
     try:
         async with host.owning(agent_id, turn_id), letta_errors():
             # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
-            response = await svc.stream_client().agents.messages.create(agent_id, input=message)
+            response = await svc.stream_client().agents.messages.create(agent_id, input=letta_input(message, images))
     except anyio.get_cancelled_exc_class():
         svc.canceller.submit(agent_id, None)  # the client left: nobody will read this reply
         raise
@@ -166,12 +181,12 @@ async def _whole(svc: Services, agent_id: str, message: str, reply: Reply) -> di
     return reply.whole(events)
 
 
-async def _stream(svc: Services, agent_id: str, message: str, reply: Reply) -> Response:
+async def _stream(svc: Services, agent_id: str, message: str, images: list[Image], reply: Reply) -> Response:
     turn_id, host = new_id("turn"), svc.host
     await _claim(svc, agent_id, turn_id)
     try:
         async with letta_errors():
-            turn = await start_turn(svc.stream_client(), agent_id, message, control=svc.control)
+            turn = await start_turn(svc.stream_client(), agent_id, message, images=images, control=svc.control)
     except BaseException:
         await host.apply_shielded(agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent
         raise
