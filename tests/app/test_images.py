@@ -114,7 +114,9 @@ async def test_bad_pictures_are_a_400_naming_the_field_and_nothing_is_sent(
 async def test_a_body_over_the_limit_is_a_413_and_nothing_is_sent(app: Quart, letta: Any) -> None:
     agent_id = await agent_of(app)
     huge = png(base64.b64encode(PNG + b"\x00" * 16_000).decode())
-    response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "x", "images": [huge]})
+    response = await app.test_client().post(
+        "/chat/stream", json={"agent_id": agent_id, "message": "x", "images": [huge]}
+    )
     assert response.status_code == 413
     assert letta.agents.messages.sent == []
 
