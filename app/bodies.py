@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
-from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.errors import AttributeValidationNote, ClassValidationError, IterableValidationError, IterableValidationNote
 
+from pipeline.content import Image
 from pipeline.wire import strict
 
 from .errors import InvalidRequest
@@ -39,8 +40,8 @@ def _identifier(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> N
         raise FieldError(attribute.name, f"{attribute.name} is longer than {MAX_ID_CHARS} characters")
 
 
-def _message(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not value.strip():
+def _message(request: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip() and not getattr(request, "images", None):  # a picture alone is a message
         raise FieldError(attribute.name, "message must not be empty")
 
 
@@ -63,6 +64,8 @@ class ChatRequest:
     """OpenWebUI's id of this user message (kept as the Letta message's ``otid``; the same id again = regenerate)."""
     parent_message_id: str | None = attrs.field(default=None, validator=_identifier)
     """OpenWebUI's parent of this user message (recorded for edits; see docs/protocol.md)."""
+    images: list[Image] = attrs.Factory(list)
+    """Pictures pasted with the message (checked by :func:`app.images.check_images`)."""
 
 
 @attrs.frozen
@@ -110,6 +113,18 @@ def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=False)
     for kind in (str, int, bool):
         converter.register_structure_hook(kind, strict(kind))
+    images = converter.get_structure_hook(list[Image])
+
+    def image_list(value: Any, kind: Any) -> list[Image]:
+        if not isinstance(value, list):  # cattrs would iterate a string or an object
+            raise TypeError("must be a list of {media_type, data} objects")
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise FieldError(f"[{index}]", f"images[{index}] must be a {{media_type, data}} object")
+        found: list[Image] = images(value, kind)
+        return found
+
+    converter.register_structure_hook_func(lambda kind: kind == list[Image], image_list)
     return converter
 
 
@@ -126,11 +141,25 @@ def _problems(exc: BaseException, prefix: str = "") -> list[tuple[str, str]]:
             name = prefix + notes[0].name if notes else prefix
             if isinstance(sub, KeyError):
                 found.append((name, f"{name} is required"))
+            elif isinstance(sub, IterableValidationError):
+                found += _problems(sub, name)
+            elif isinstance(sub, FieldError) and sub.field.startswith("["):  # an item of a list field
+                found.append((name + sub.field, str(sub)))
             elif isinstance(sub, ClassValidationError | FieldError):
                 found += _problems(sub, f"{name}." if notes else prefix)
             else:
                 found.append((name, f"{name}: {sub}"))
         return found
+    if isinstance(exc, IterableValidationError):  # a list's items: name each by its index, images[2].data
+        items: list[tuple[str, str]] = []
+        for sub in exc.exceptions:
+            indexes = [n.index for n in getattr(sub, "__notes__", []) if isinstance(n, IterableValidationNote)]
+            at = f"{prefix}[{indexes[0]}]" if indexes else prefix
+            where = at if isinstance(sub, ClassValidationError) else prefix  # an item of another type: the list
+            items += (
+                _problems(sub, f"{where}.") if isinstance(sub, ClassValidationError) else [(where, f"{where}: {sub}")]
+            )
+        return items
     return [(prefix.rstrip("."), str(exc))]
 
 

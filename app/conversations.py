@@ -17,12 +17,14 @@ Letta 0.16.8 cannot fork a conversation at a message, so the history is not rewo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
 from letta_client import AsyncLetta
 from letta_client.types.agents import LettaResponse
 
+from pipeline.content import Image
 from pipeline.letta_turn import user_input
 
 from .agents import CREATE_LOCK_SECONDS, Lock
@@ -187,6 +189,8 @@ class Target:
     """``None``: the agent's default history (no chat id given)."""
     text: str
     otid: str | None = None
+    images: tuple[Image, ...] = ()
+    """Pictures pasted with the message (checked already), sent after its text."""
 
 
 async def target(
@@ -198,6 +202,7 @@ async def target(
     chat_title: str | None = None,
     user_message_id: str | None = None,
     parent_message_id: str | None = None,
+    images: Sequence[Image] = (),
 ) -> Target:
     """The chat's conversation (created on its first message) and the text for the agent.
 
@@ -206,23 +211,23 @@ async def target(
     Letta's failures are raised as the service's errors (404/502/503).
     """
     if chat_id is None:
-        return Target(None, message)
+        return Target(None, message, images=tuple(images))
     earlier = None
     async with letta_errors("conversation"):
         conversation_id, created = await index.for_chat(agent_id, chat_id, chat_title)
         if user_message_id is not None and not created:
             earlier = await index.history_of(conversation_id, user_message_id, parent_message_id)
     otid = message_otid(user_message_id, parent_message_id) if user_message_id else None
-    return Target(conversation_id, agent_input(message, earlier), otid)
+    return Target(conversation_id, agent_input(message, earlier), otid, tuple(images))
 
 
 async def whole_turn(client: AsyncLetta, agent_id: str, where: Target) -> Any:
     """One turn, not streamed: Letta's ``LettaResponse``."""
     if where.conversation_id is None:
-        return await client.agents.messages.create(agent_id, input=where.text)
+        return await client.agents.messages.create(agent_id, **user_input(where.text, where.otid, where.images))
     # letta-client types conversations.messages.create as a stream; streaming=false answers a LettaResponse
     return await client.post(
         f"/v1/conversations/{where.conversation_id}/messages",
         cast_to=LettaResponse,
-        body={**user_input(where.text, where.otid), "streaming": False},
+        body={**user_input(where.text, where.otid, where.images), "streaming": False},
     )

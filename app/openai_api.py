@@ -70,7 +70,7 @@ class CompletionRequest:
 
 
 def message_text(message: Mapping[str, Any]) -> str:
-    """A message's text: its ``content`` string, or the ``text`` parts of a content list (images are dropped)."""
+    """A message's text: its ``content`` string, or the ``text`` parts of a content list (pictures: app.images)."""
     content = message.get("content")
     if isinstance(content, str):
         return content

@@ -63,7 +63,12 @@ class Settings:
     drain_seconds: float = _env("DRAIN_SECONDS", 8.0)
     """On shutdown, how long turns still running here may take before they are handed off."""
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
-    max_body_bytes: int = _env("MAX_BODY_BYTES", 256 * 1024)
+    max_body_bytes: int = _env("MAX_BODY_BYTES", 32 * 1024 * 1024)
+    """Largest request body (413 beyond): room for ``MAX_IMAGES`` pictures of ``MAX_IMAGE_BYTES`` in base64."""
+    max_images: int = _env("MAX_IMAGES", 4)
+    """Pictures one message may carry."""
+    max_image_bytes: int = _env("MAX_IMAGE_BYTES", 5 * 1024 * 1024)
+    """Largest picture, decoded."""
     service_token: str | None = _env("SERVICE_TOKEN", None)
     """Bearer token every endpoint but /health requires; ``None`` leaves the service open."""
     openwebui_jwt_secret: str | None = _env("OPENWEBUI_JWT_SECRET", None)

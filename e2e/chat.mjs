@@ -14,6 +14,8 @@
 //   timeoutMs      give up waiting for the answer after this long (default 120000)
 //   settleMs       after the stream ends, wait this long before the final read (default 1000)
 //   executablePath browser binary (default /usr/bin/chromium)
+//   images         [{name, type, base64}]: pictures pasted into the chat input (a ClipboardEvent carrying the
+//                  files, as a pasted screenshot) before the prompt is typed; the run waits for their previews
 //   traceText      sample the last assistant message inside the page every traceIntervalMs (default 100)
 //                  from the send until the answer ends, with a page timer (not disturbed by this script's
 //                  polling or screenshots); adds the textTrace report field
@@ -290,8 +292,26 @@ async function main() {
     await page.click(SEL.modelOption(args.model));
     out.selectedModel = await page.getAttribute(SEL.modelButton, 'aria-label');
 
-    // Send the prompt.
+    // Paste the pictures (as a screenshot pasted from the clipboard), then send the prompt.
     await page.click(SEL.chatInput);
+    for (const [index, image] of (args.images ?? []).entries()) {
+      await page.evaluate((img) => {
+        const bytes = Uint8Array.from(atob(img.base64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], img.name, { type: img.type }));
+        const event = new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true });
+        document.querySelector('#chat-input').dispatchEvent(event);
+      }, image);
+      await page.waitForFunction(
+        (n) => document.querySelectorAll('#message-input-container img').length >= n,
+        index + 1,
+        { timeout: 15000 },
+      );
+    }
+    if (args.images?.length) {
+      out.pastedPreviews = await page.locator('#message-input-container img').count();
+      await shot('pasted');
+    }
     await page.keyboard.insertText(args.prompt);
     await page.click(SEL.sendButton);
     const tSend = Date.now();

@@ -36,8 +36,11 @@ requirements: httpx-sse==0.4.3
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -57,6 +60,9 @@ TYPES_RETRY = 10.0
 """After a failed fetch, seconds before the service is asked again (model listings stay fast)."""
 
 Emitter = Callable[[dict[str, Any]], Awaitable[None]]
+
+THINKING = "Thinking..."
+"""The service's status when the agent starts reasoning (docs/protocol.md)."""
 
 KNOWN_TYPES = {"status", "reasoning", "message", "tool_call", "tool_result", "done", "error"}
 REQUIRED_FIELDS: dict[str, dict[str, type]] = {
@@ -124,9 +130,10 @@ def status(description: str, done: bool = False, hidden: bool = False) -> dict[s
 def refusal(response: httpx.Response) -> str:
     """A sentence for the student about a non-2xx answer of the service."""
     try:
-        detail = response.json().get("message", "")
-    except ValueError:
-        detail = ""
+        found = response.json()
+        detail, field = found.get("message", ""), str(found.get("field") or "")
+    except (ValueError, AttributeError):
+        detail, field = "", ""
     if response.status_code in (502, 503, 504):
         return "Your tutor is unavailable right now. Please try again in a minute."
     if response.status_code in (401, 403):
@@ -135,6 +142,10 @@ def refusal(response: httpx.Response) -> str:
         return "Your tutor is still answering your previous message. Please wait for it to finish."
     if response.status_code == 410:
         return "The connection to the tutor was interrupted and its answer can't be picked up again. Please resend."
+    if response.status_code == 413:
+        return "Your message and its pictures are too large for the tutor. Please send fewer or smaller pictures."
+    if response.status_code == 400 and field.startswith("images"):
+        return f"One of your pictures can't be sent to the tutor ({detail}). Nothing was sent."
     return f"The tutor service could not handle this message ({response.status_code}: {detail})."
 
 
@@ -156,6 +167,76 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
         if isinstance(content, list):
             return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)(?:;[^;,]*)*;base64,(?P<data>.*)", re.S)
+
+
+class AttachmentError(ValueError):
+    """A picture of the student's message that cannot be read; ``str(exc)`` is for the student."""
+
+
+def last_user_images(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The pictures of the last user message as the service takes them: ``[{"media_type", "data"}]``.
+
+    OpenWebUI sends a pasted or uploaded picture as an ``image_url`` part with a base64 ``data:``
+    URL.  Raises :class:`AttachmentError` for a part that is not one (nothing is sent then).
+    """
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        parts = [p for p in content if isinstance(p, dict)] if isinstance(content, list) else []
+        images: list[dict[str, str]] = []
+        for number, part in enumerate((p for p in parts if p.get("type") == "image_url"), start=1):
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else image_url
+            match = DATA_URL.fullmatch(url) if isinstance(url, str) else None
+            try:
+                if match is None:
+                    raise ValueError("not a data: URL")
+                base64.b64decode(match["data"], validate=True)
+            except (ValueError, binascii.Error) as exc:
+                raise AttachmentError(
+                    f"Picture {number} of your message could not be read, so nothing was sent to your tutor. "
+                    "Please attach it again."
+                ) from exc
+            images.append({"media_type": match["type"].lower(), "data": match["data"]})
+        return images
+    return []
+
+
+def unreadable_files(files: list[dict[str, Any]] | None) -> list[str]:
+    """The names of attached files the tutor cannot read (everything but pictures, which are sent)."""
+    names: list[str] = []
+    for item in files or []:
+        if not isinstance(item, dict):
+            continue
+        found = item.get("file")
+        inner: dict[str, Any] = found if isinstance(found, dict) else {}
+        meta: dict[str, Any] = inner["meta"] if isinstance(inner.get("meta"), dict) else {}
+        content_type = str(item.get("content_type") or meta.get("content_type") or "")
+        if item.get("type") == "image" or content_type.startswith("image/"):
+            continue
+        names.append(str(item.get("name") or inner.get("filename") or meta.get("name") or "a file"))
+    return names
+
+
+def files_notice(names: list[str]) -> str:
+    """The note the student reads above the answer when files were attached."""
+    listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"📎 *Your tutor can't read attached files yet ({listed}); it only got your typed message"
+        " and any pictures. Paste the parts you want it to see into your message.*\n\n"
+    )
+
+
+def usage_chunk(usage: Any) -> dict[str, Any] | None:
+    """OpenWebUI's usage chunk (a top-level ``usage`` object, OpenAI's names) for a ``done`` event's usage."""
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if type(usage.get(k)) is int}
+    return {"usage": counts} if counts else None
 
 
 def task_answer(task: str, body: dict[str, Any]) -> str:
@@ -215,6 +296,7 @@ class _Turn:
         self.ended = False  # a done or error event arrived
         self.showing = False  # a status line is on screen
         self.last_id = ""  # the SSE id of the last complete frame: where the turn resumes
+        self.usage_sent = False  # OpenWebUI adds up usage chunks: the turn's totals go out once
 
     async def say(self, description: str, done: bool = False, hidden: bool = False) -> None:
         self.showing = not hidden
@@ -251,7 +333,12 @@ class _Turn:
     async def _show(self, event: dict[str, Any]) -> AsyncIterator[Any]:
         kind = event["type"]
         if kind == "status":
-            await self.say(event["content"])
+            if event["content"] == THINKING and self.show_reasoning:
+                # OpenWebUI's reasoning block says "Thinking…" itself: don't say it twice, just clear a stale line
+                if self.showing:
+                    await self.say("Thinking", done=True, hidden=True)
+            else:
+                await self.say(event["content"])
         elif kind == "reasoning":
             if self.show_reasoning:
                 yield reasoning_chunk(event["content"])
@@ -265,6 +352,10 @@ class _Turn:
             await self.say("Something went wrong", done=True)
         elif kind == "done":
             self.ended = True
+            usage = usage_chunk(event.get("usage"))
+            if usage is not None and not self.usage_sent:
+                self.usage_sent = True
+                yield usage
             await self.say("Done", done=True, hidden=True)
 
 
@@ -342,12 +433,16 @@ class Pipe:
         __event_emitter__: Emitter | None = None,
         __task__: str | None = None,
         __chat_id__: str | None = None,
+        __files__: list[dict[str, Any]] | None = None,
     ) -> str | AsyncIterator[Any]:
         if __task__:
             return task_answer(str(getattr(__task__, "value", __task__)), body)
         user = __user__ or {}
         show = getattr(user.get("valves"), "SHOW_REASONING", True)
-        return self._stream(body, user, chat_ids(__metadata__, __chat_id__), __event_emitter__, bool(show))
+        files = unreadable_files(__files__)
+        typed = ((__metadata__ or {}).get("user_message") or {}).get("content") if files else None
+        ids = chat_ids(__metadata__, __chat_id__)
+        return self._stream(body, user, ids, __event_emitter__, bool(show), files, typed)
 
     async def _stream(
         self,
@@ -356,12 +451,24 @@ class Pipe:
         ids: dict[str, str | None],
         emit: Emitter | None,
         show_reasoning: bool,
+        files: list[str] | None = None,
+        typed: Any = None,
     ) -> AsyncIterator[Any]:
+        """One turn.  ``files``: attached files the tutor cannot read (the student is told);
+        ``typed``: the student's own text then (OpenWebUI may have put retrieved file text into the message)."""
         valves = self.valves
         turn = _Turn(emit, show_reasoning)
         agent_id: str | None = None
-        message = last_user_text(body.get("messages", []))
-        if not message.strip():
+        messages = body.get("messages", [])
+        message = typed if isinstance(typed, str) else last_user_text(messages)
+        try:
+            images = last_user_images(messages)
+        except AttachmentError as exc:
+            yield content_chunk(str(exc))
+            return
+        if files:
+            yield content_chunk(files_notice(files))
+        if not message.strip() and not images:
             yield "Please type a message for your tutor."
             return
         timeout = httpx.Timeout(valves.READ_TIMEOUT, connect=valves.CONNECT_TIMEOUT)
@@ -375,6 +482,8 @@ class Pipe:
                     **ids,
                     "enable_thinking": valves.ENABLE_THINKING,
                 }
+                if images:
+                    request["images"] = images
                 async for chunk in turn.read(client, request):
                     yield chunk
                 resumes = 0
@@ -396,10 +505,13 @@ class Pipe:
                 yield content_chunk(friendly_error("The connection to the tutor was interrupted. Please try again."))
                 await turn.say("Interrupted", done=True)
         except asyncio.CancelledError:
-            if agent_id is not None and not turn.ended:  # the stop button: stop the turn, not just our reading
+            # The stop button (OpenWebUI cancels us inside the httpx read).  First a final, visible status, so
+            # the partial answer is marked as stopped rather than looking finished (and no "Thinking..." stays);
+            # then stop the turn itself, not just our reading.  Both shielded: we are being cancelled.
+            if emit is not None and not turn.ended:
+                await asyncio.shield(emit(status("Stopped", done=True)))
+            if agent_id is not None and not turn.ended:
                 await asyncio.shield(self._stop(agent_id, user.get("id")))
-            if emit is not None:  # don't leave "Thinking..." on screen
-                await asyncio.shield(emit(status("Stopped", done=True, hidden=True)))
             raise
         except ServiceError as exc:
             yield content_chunk(friendly_error(exc.message))

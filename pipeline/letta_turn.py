@@ -18,7 +18,7 @@ log instead (``app/turn_log.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -33,6 +33,7 @@ from letta_client import (
     omit,
 )
 
+from .content import Image, letta_input
 from .events import Error
 from .letta_raw import RawLettaStream, open_raw_stream
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
@@ -84,6 +85,7 @@ async def start_turn(
     agent_id: str,
     message: str,
     *,
+    images: Sequence[Image] = (),
     stream_tokens: bool = True,
     thinking: bool = True,
     max_steps: int | None = None,
@@ -92,7 +94,7 @@ async def start_turn(
     conversation_id: str | None = None,
     otid: str | None = None,
 ) -> LettaTurn:
-    """Send ``message`` to the agent and return its open stream.
+    """Send ``message`` (with ``images``, pictures pasted with it) to the agent and return its open stream.
 
     Raises the SDK's errors (``NotFoundError``, ``APIConnectionError``, ...) before
     any chunk is read.
@@ -106,7 +108,7 @@ async def start_turn(
     history; the agent's memory blocks are shared); ``otid`` is stored on the user message.
     """
     params: dict[str, Any] = {
-        **user_input(message, otid),
+        **user_input(message, otid, images),
         "stream_tokens": stream_tokens,
         "include_pings": True,
         "enable_thinking": "true" if thinking else "false",
@@ -122,11 +124,13 @@ async def start_turn(
     return LettaTurn(client, agent_id, stream, control=control)
 
 
-def user_input(message: str, otid: str | None) -> dict[str, Any]:
-    """The request fields carrying the user's message (``messages`` with an ``otid`` when one is given)."""
+def user_input(message: str, otid: str | None, images: Sequence[Image] = ()) -> dict[str, Any]:
+    """The request fields carrying the user's message and its pictures (``messages`` with an ``otid`` when
+    one is given, else ``input``)."""
+    content = letta_input(message, images)
     if otid is None:
-        return {"input": message}
-    return {"messages": [{"role": "user", "content": message, "otid": otid}]}
+        return {"input": content}
+    return {"messages": [{"role": "user", "content": content, "otid": otid}]}
 
 
 def describe_upstream_error(exc: Exception) -> Error:

@@ -15,6 +15,10 @@ LAST user message (Letta adds its own system messages around it):
 ``expected_answer(prompt)`` gives the final answer text for a prompt. Answers
 are streamed as word deltas (``"Hello!"``, ``" I"``, ...).
 
+Pictures: ``image_parts(message)`` lists the ``image_url`` parts a request's message carried, and
+``received_images(log, marker)`` reads them back from the request log (``--log-requests``): what the
+model really got.
+
 Run: ``python -m tests.scripted_llm --port P [--log-requests FILE]`` (127.0.0.1).
 """
 
@@ -81,6 +85,29 @@ def message_text(message: JSON) -> str:
     if isinstance(content, list):
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
+
+
+def image_parts(message: JSON) -> list[str]:
+    """The URLs of a message's ``image_url`` parts (``data:`` URLs for pictures sent inline)."""
+    content = message.get("content")
+    parts = content if isinstance(content, list) else []
+    urls = [p.get("image_url") for p in parts if isinstance(p, dict) and p.get("type") == "image_url"]
+    return [str(u.get("url") if isinstance(u, dict) else u) for u in urls]
+
+
+def received_images(request_log: Path, marker: str) -> list[list[str]]:
+    """For each logged chat request whose last user message contains ``marker``: that message's image URLs."""
+    found: list[list[str]] = []
+    if not request_log.exists():
+        return found
+    for line in request_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") != "chat":
+            continue
+        users = [m for m in entry["body"].get("messages", []) if m.get("role") == "user"]
+        if users and marker in message_text(users[-1]):
+            found.append(image_parts(users[-1]))
+    return found
 
 
 def script_for(messages: list[JSON]) -> Script:

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 from quart import Blueprint, Response, g, request
 
 from pipeline.compose import open_flow
@@ -21,6 +22,7 @@ from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
 from ..conversations import Target, target, whole_turn
 from ..errors import InvalidRequest, NotFound, NotResumable, TurnInProgress, UpstreamError
 from ..frame_ids import BadFrameId, FrameId, parse_frame_id
+from ..images import check_images, normalized
 from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
@@ -44,8 +46,10 @@ async def _admit(svc: Services, cls: type[Body]) -> Body:
     limit = svc.settings.max_message_chars
     if len(body.message) > limit:
         raise InvalidRequest(f"message is longer than {limit} characters", field="message")
+    settings = svc.settings
+    check_images(body.images, max_count=settings.max_images, max_bytes=settings.max_image_bytes)
     await _check_owner(svc, body.agent_id, body.user_id)
-    return body
+    return attrs.evolve(body, images=normalized(body.images)) if body.images else body
 
 
 async def _check_owner(svc: Services, agent_id: str, user_id: str | None) -> None:
@@ -85,6 +89,7 @@ async def _target(svc: Services, body: ChatRequest) -> Target:
         chat_title=body.chat_title,
         user_message_id=body.user_message_id,
         parent_message_id=body.parent_message_id,
+        images=body.images,
     )
 
 
@@ -141,6 +146,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
                 svc.stream_client(),
                 body.agent_id,
                 where.text,
+                images=where.images,
                 stream_tokens=body.stream_tokens,
                 thinking=body.enable_thinking,
                 control=svc.control,

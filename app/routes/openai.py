@@ -40,6 +40,7 @@ from quart import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from pipeline.compose import open_pipeline
+from pipeline.content import Image
 from pipeline.errors import ConsumerStalled
 from pipeline.events import Done, Error, Text, Usage
 from pipeline.filter import filter_letta
@@ -55,6 +56,7 @@ from ..bodies import MAX_ID_CHARS
 from ..conversations import Target, target, whole_turn
 from ..errors import ApiError, InvalidRequest, TurnInProgress, UpstreamError
 from ..identity import student_from_headers
+from ..images import check_images, images_from_parts, normalized
 from ..openai_api import (
     CompletionRequest,
     api_error_object,
@@ -108,7 +110,8 @@ async def chat_completions() -> Response | dict[str, Any]:
     task = background_task(body)
     if task is not None:
         return reply.whole([Text(task_answer(task, message, svc.registry.types[agent_type].name)), Done("end_turn")])
-    if not message.strip():
+    images = _last_user_images(svc, body.messages)
+    if not message.strip() and not images:
         raise InvalidRequest("the last user message has no text", field="messages")
     limit = svc.settings.max_message_chars
     if len(message) > limit:
@@ -118,7 +121,7 @@ async def chat_completions() -> Response | dict[str, Any]:
     chat = {name: _header_id(header) for name, header in CHAT_HEADERS.items()}
     async with letta_errors():
         agent, _ = await svc.registry.get_or_create(student.user_id, agent_type, student.name)
-    where = partial(target, svc.conversations, agent.agent_id, message, chat.pop("chat_id"), **chat)
+    where = partial(target, svc.conversations, agent.agent_id, message, chat.pop("chat_id"), images=images, **chat)
     if body.stream:
         return await _stream(svc, agent.agent_id, where, reply)
     return await _whole(svc, agent.agent_id, where, reply)
@@ -137,6 +140,18 @@ def _header_id(name: str) -> str | None:
     if len(value) > MAX_ID_CHARS:
         raise InvalidRequest(f"{name} is longer than {MAX_ID_CHARS} characters", field=name)
     return value or None
+
+
+def _last_user_images(svc: Services, messages: list[dict[str, Any]]) -> list[Image]:
+    """The pictures of the last user message (``image_url`` parts with ``data:`` URLs), checked as ``/chat``'s."""
+    index = next((i for i in reversed(range(len(messages))) if messages[i].get("role") == "user"), None)
+    if index is None:
+        return []
+    images, names = images_from_parts(messages[index].get("content"), f"messages[{index}].content")
+    settings = svc.settings
+    where = f"messages[{index}].content"
+    check_images(images, max_count=settings.max_images, max_bytes=settings.max_image_bytes, field=where, names=names)
+    return normalized(images)
 
 
 @attrs.frozen
@@ -203,6 +218,7 @@ async def _stream(svc: Services, agent_id: str, where: Where, reply: Reply) -> R
                 svc.stream_client(),
                 agent_id,
                 found.text,
+                images=found.images,
                 control=svc.control,
                 conversation_id=found.conversation_id,
                 otid=found.otid,

@@ -141,6 +141,9 @@ async def test_a_whole_completion(app: Quart, letta: Any) -> None:
     assert await svc(app).host.store.record(agents_of(letta)["u2"]) is None
 
 
+GIF = "R0lGODlhAQABAAAAACw="  # the first bytes of a GIF: enough for the service's check of the media type
+
+
 async def test_only_the_last_user_message_reaches_the_agent(app: Quart, letta: Any) -> None:
     body = {
         "model": "tutor",
@@ -151,7 +154,11 @@ async def test_only_the_last_user_message_reaches_the_agent(app: Quart, letta: A
             {"role": "assistant", "content": "an answer"},
             {
                 "role": "user",
-                "content": [{"type": "text", "text": "now "}, {"type": "image_url"}, {"type": "text", "text": "this"}],
+                "content": [
+                    {"type": "text", "text": "now "},
+                    {"type": "image_url", "image_url": {"url": f"data:image/gif;base64,{GIF}"}},
+                    {"type": "text", "text": "this"},
+                ],
             },
         ],
         "temperature": 0.3,
@@ -159,7 +166,8 @@ async def test_only_the_last_user_message_reaches_the_agent(app: Quart, letta: A
     }
     response = await app.test_client().post("/v1/chat/completions", json=body, headers=user("u3"))
     await response.get_data()
-    assert [text for _, text in letta.agents.messages.sent] == ["now this"]
+    picture = {"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": GIF}}
+    assert [sent for _, sent in letta.agents.messages.sent] == [[{"type": "text", "text": "now this"}, picture]]
 
 
 async def test_each_student_has_their_own_agent(app: Quart, letta: Any) -> None:

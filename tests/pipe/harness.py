@@ -18,14 +18,21 @@ class Outcome:
     statuses: list[dict[str, Any]] = attrs.Factory(list)
 
     @property
+    def deltas(self) -> list[dict[str, Any]]:
+        return [c["choices"][0]["delta"] for c in self.chunks if isinstance(c, dict) and "choices" in c]
+
+    @property
     def content(self) -> str:
-        return "".join(c["choices"][0]["delta"].get("content", "") for c in self.chunks if isinstance(c, dict))
+        return "".join([c for c in self.chunks if isinstance(c, str)] + [d.get("content", "") for d in self.deltas])
 
     @property
     def reasoning(self) -> str:
-        return "".join(
-            c["choices"][0]["delta"].get("reasoning_content", "") for c in self.chunks if isinstance(c, dict)
-        )
+        return "".join(d.get("reasoning_content", "") for d in self.deltas)
+
+    @property
+    def usages(self) -> list[dict[str, Any]]:
+        """Every usage object yielded (OpenWebUI adds them up)."""
+        return [c["usage"] for c in self.chunks if isinstance(c, dict) and "usage" in c]
 
     @property
     def descriptions(self) -> list[str]:
@@ -49,13 +56,17 @@ async def run_pipe(
     chat_id: str = "chat-1",
     metadata: dict[str, Any] | None = None,
     model: str = "letta_tutor",
+    content: Any = None,
+    files: list[dict[str, Any]] | None = None,
 ) -> Outcome:
+    """One call of the pipe; ``content`` replaces the user message's content (e.g. a list of parts)."""
     outcome = Outcome()
 
     async def emitter(event: dict[str, Any]) -> None:
         outcome.statuses.append(event)
 
-    body = {"model": model, "stream": task is None, "messages": [{"role": "user", "content": message}]}
+    user_content = message if content is None else content
+    body = {"model": model, "stream": task is None, "messages": [{"role": "user", "content": user_content}]}
     user = {"id": user_id, "name": "Ada", "valves": Pipe.UserValves(SHOW_REASONING=show_reasoning)}
     result = await pipe.pipe(
         body,
@@ -63,6 +74,7 @@ async def run_pipe(
         __metadata__={"chat_id": chat_id, **(metadata or {})},
         __event_emitter__=emitter,
         __task__=task,
+        __files__=files,
     )
     if isinstance(result, str):
         outcome.returned = result

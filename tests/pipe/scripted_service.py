@@ -13,7 +13,7 @@ import anyio
 import anyio.lowlevel
 from quart import Quart, Response, request
 
-from pipeline.events import Done, Error, Event, Keepalive, Reasoning, Status, Text, ToolCall, ToolResult
+from pipeline.events import Done, Error, Event, Keepalive, Reasoning, Status, Text, ToolCall, ToolResult, Usage
 from pipeline.sse import SSEEncoder
 
 HAPPY: list[Event] = [
@@ -27,8 +27,10 @@ HAPPY: list[Event] = [
     Keepalive(),
     Text("Hello"),
     Text(", student"),
-    Done("end_turn"),
+    Done("end_turn", Usage(100, 12, 112, 1)),
 ]
+USAGE = {"prompt_tokens": 100, "completion_tokens": 12, "total_tokens": 112}
+"""What the pipe yields for HAPPY's usage (and REST's)."""
 
 
 def encode(events: list[Event], *, first: bool = True) -> bytes:
@@ -47,7 +49,7 @@ RESUMABLE: list[Event] = [
 ]
 """The first connection of a turn that drops (ids ``<turn id>:<seq>``, as the service numbers frames): it
 ends in the middle of the next frame."""
-REST: list[Event] = [Text("dent", cursor=f"{TURN}:5"), Done("end_turn", cursor=f"{TURN}:6")]
+REST: list[Event] = [Text("dent", cursor=f"{TURN}:5"), Done("end_turn", Usage(100, 12, 112, 1), cursor=f"{TURN}:6")]
 """The rest of that turn, frame by frame."""
 CUT = b'id: turn-7:9\nevent: message\ndata: {"type":"message","con'
 
@@ -118,7 +120,7 @@ def create_app() -> Quart:
         body = await request.get_json()
         resume_from = request.headers.get("Last-Event-ID")
         app.config["calls"].append(("stream", body) if resume_from is None else ("resume", resume_from))
-        scenario = body["message"]
+        scenario = body["message"] or "happy"  # a picture alone
         if scenario in ("drop", "drop-twice"):
             if resume_from is None:
                 data = encode(RESUMABLE) + CUT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from devstack.service_thread import ServiceThread, free_port
 from pipe.letta_pipe import MAX_RESUMES
 
 from .harness import make_pipe, run_pipe
+from .scripted_service import USAGE
 
 pytestmark = pytest.mark.anyio
 
@@ -28,9 +30,10 @@ async def test_happy_stream_yields_reasoning_and_content_and_emits_only_statuses
         {"choices": [{"delta": {"reasoning_content": "think."}}]},
         {"choices": [{"delta": {"content": "Hello"}}]},
         {"choices": [{"delta": {"content": ", student"}}]},
+        {"usage": USAGE},  # once, at the end: OpenWebUI shows it in the message's info
     ]
     assert outcome.statuses == [
-        status("Thinking..."),
+        # no "Thinking..." line: OpenWebUI's own reasoning block says "Thinking…" right below it
         status("Using conversation_search..."),
         status("Writing", done=True, hidden=True),  # the answer starts: the status line goes away
         status("Done", done=True, hidden=True),
@@ -47,6 +50,8 @@ async def test_reasoning_hidden_when_the_student_turns_it_off(scripted: ServiceT
     outcome = await run_pipe(make_pipe(scripted.url), "happy", show_reasoning=False)
     assert outcome.reasoning == ""
     assert outcome.content == "Hello, student"
+    # no reasoning block on screen: the status line is what says the tutor is thinking
+    assert outcome.descriptions[:2] == ["Thinking...", "Using conversation_search..."]
 
 
 async def test_unknown_event_types_are_ignored(scripted: ServiceThread, calls: list[Any]) -> None:
@@ -145,10 +150,12 @@ async def test_the_message_ids_go_with_the_chat(scripted: ServiceThread, calls: 
     assert [calls[-1][1][k] for k in ("chat_id", "user_message_id", "parent_message_id")] == [None, None, None]
 
 
-async def test_stop_hides_the_status_line(scripted: ServiceThread, calls: list[Any]) -> None:
+async def test_stop_marks_the_answer_as_stopped(scripted: ServiceThread, calls: list[Any]) -> None:
+    """A stopped answer must not look finished: a final, visible "Stopped" replaces any working status."""
     outcome = await run_pipe(make_pipe(scripted.url), "slow", stop_after_chunks=1)
     assert len(outcome.chunks) == 1
-    assert outcome.statuses[-1] == status("Stopped", done=True, hidden=True)
+    assert outcome.statuses[-1] == status("Stopped", done=True)
+    assert outcome.usages == []
 
 
 async def test_token_valve_is_sent_as_bearer(scripted: ServiceThread, calls: list[Any]) -> None:
@@ -163,6 +170,8 @@ async def test_a_dropped_stream_is_resumed_once_from_the_last_id(scripted: Servi
     assert outcome.content == "Hello, student"
     assert outcome.reasoning == "Hmm."
     assert outcome.statuses[-1] == status("Done", done=True, hidden=True)
+    assert outcome.usages == [USAGE]  # once for the turn, though it took two connections
+    assert "usage" in outcome.chunks[-1]
 
 
 async def test_a_stream_that_drops_again_after_resuming_is_reported(scripted: ServiceThread, calls: list[Any]) -> None:
@@ -180,5 +189,90 @@ async def test_a_stream_without_positions_is_not_resumed(scripted: ServiceThread
 
 async def test_the_stop_button_asks_the_service_to_cancel_the_turn(scripted: ServiceThread, calls: list[Any]) -> None:
     outcome = await run_pipe(make_pipe(scripted.url), "stop-me", stop_after_chunks=2)
-    assert outcome.statuses[-1] == status("Stopped", done=True, hidden=True)
+    assert outcome.statuses[-1] == status("Stopped", done=True)
     assert calls[-1] == ("cancel", {"agent_id": "agent-student-1", "user_id": "student-1"})
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360f8cfc0f01f0005ff02fea36b8a6c0000000049454e44ae426082"
+)
+PNG_B64 = base64.b64encode(PNG).decode()
+
+
+def picture(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+async def test_pasted_pictures_are_sent_with_the_text(scripted: ServiceThread, calls: list[Any]) -> None:
+    content = [
+        {"type": "text", "text": "happy"},
+        picture(f"data:image/png;base64,{PNG_B64}"),
+        picture(f"data:image/JPEG;base64,{PNG_B64}"),
+    ]
+    outcome = await run_pipe(make_pipe(scripted.url), "", content=content)
+    assert outcome.content == "Hello, student"
+    [(_, body)] = [c for c in calls if c[0] == "stream"]
+    assert body["message"] == "happy"
+    assert body["images"] == [
+        {"media_type": "image/png", "data": PNG_B64},
+        {"media_type": "image/jpeg", "data": PNG_B64},
+    ]
+
+
+async def test_a_picture_alone_is_sent(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "", content=[picture(f"data:image/png;base64,{PNG_B64}")])
+    assert outcome.content == "Hello, student"
+    [(_, body)] = [c for c in calls if c[0] == "stream"]
+    assert body["message"] == ""
+    assert len(body["images"]) == 1
+
+
+async def test_text_alone_sends_no_images_field(scripted: ServiceThread, calls: list[Any]) -> None:
+    await run_pipe(make_pipe(scripted.url), "happy")
+    assert "images" not in calls[-1][1]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["data:image/png;base64,not*base64", "data:image/png,rawbytes", "https://example.com/cat.png", ""],
+)
+async def test_an_unreadable_picture_is_a_sentence_and_nothing_is_sent(
+    scripted: ServiceThread, calls: list[Any], url: str
+) -> None:
+    content = [{"type": "text", "text": "happy"}, picture(f"data:image/png;base64,{PNG_B64}"), picture(url)]
+    outcome = await run_pipe(make_pipe(scripted.url), "", content=content)
+    assert "Picture 2 of your message could not be read" in outcome.content
+    assert "nothing was sent" in outcome.content
+    assert calls == []
+
+
+async def test_attached_files_are_named_in_a_note_and_the_typed_text_is_sent(
+    scripted: ServiceThread, calls: list[Any]
+) -> None:
+    files = [
+        {"type": "file", "name": "essay-draft.pdf", "file": {"meta": {"content_type": "application/pdf"}}},
+        {"type": "image", "url": "data:image/png;base64,xx"},  # pictures go as parts: not named
+    ]
+    # OpenWebUI may have put retrieved file text around the student's words in the message itself
+    injected = "### Task: answer using <context>...essay text...</context> happy"
+    metadata = {"user_message": {"content": "happy"}}
+    outcome = await run_pipe(make_pipe(scripted.url), injected, files=files, metadata=metadata)
+    assert outcome.content.startswith("📎 *Your tutor can't read attached files yet (essay-draft.pdf)")
+    assert outcome.content.endswith("Hello, student")
+    assert calls[-1][1]["message"] == "happy"
+
+
+async def test_no_files_no_note(scripted: ServiceThread, calls: list[Any]) -> None:
+    outcome = await run_pipe(make_pipe(scripted.url), "happy", files=[])
+    assert outcome.content == "Hello, student"
+
+
+@pytest.mark.parametrize(("status_code", "words"), [(413, "too large"), (400, "pictures can't be sent")])
+async def test_refused_pictures_are_a_sentence(status_code: int, words: str) -> None:
+    import httpx
+
+    from pipe.letta_pipe import refusal
+
+    body = {"error": "invalid_request", "field": "images[0].data", "message": "images[0].data: too big"}
+    assert words in refusal(httpx.Response(status_code, json=body))
