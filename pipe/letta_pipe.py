@@ -19,6 +19,11 @@ requirements: httpx-sse==0.4.3
 #
 # One Pipe instance serves every request: per-request state lives in locals only.
 #
+# Attachments: pictures (OpenWebUI's `image_url` parts with base64 `data:` URLs) are sent to the
+# service as `images`; other files are not readable by the tutor yet, so the answer starts with a
+# note naming them and the student's own typed text is sent (not OpenWebUI's retrieval prompt).
+# The turn's token usage is yielded once, as a chunk with a top-level `usage` (the message's info).
+#
 # Dropped streams: every frame's SSE id is a position in the agent's turn.  When the
 # connection to the service drops (or a replica restarting ends it) before the turn
 # ended, the pipe reconnects with `Last-Event-ID` (up to MAX_RESUMES times, backing off)

@@ -22,9 +22,26 @@ async def test_pipe_streams_thinking_tool_status_and_the_answer(service: Service
     outcome = await run_pipe(make_pipe(service.url, SERVICE_TOKEN=SERVICE_TOKEN), prompt, user_id="pipe-student")
     assert outcome.reasoning == REASONING
     assert outcome.content == expected_answer(prompt)
-    assert outcome.descriptions[:2] == ["Thinking...", "Using conversation_search..."]
+    # reasoning is shown natively ("Thinking…" in OpenWebUI's block): the status line does not repeat it
+    assert outcome.descriptions[0] == "Using conversation_search..."
+    assert "Thinking..." not in outcome.descriptions
     assert outcome.statuses[-1]["data"] == {"description": "Done", "done": True, "hidden": True}
-    assert len([c for c in outcome.chunks if "content" in c["choices"][0]["delta"]]) >= 1
+    assert len([d for d in outcome.deltas if "content" in d]) >= 1
+    # the turn's usage as Letta reported it, once: two model calls (the tool call, then the answer), 100
+    # prompt tokens and one completion token per answer word each, as the scripted model counts
+    words = len(expected_answer(prompt).split())
+    assert outcome.usages == [{"prompt_tokens": 200, "completion_tokens": 2 * words, "total_tokens": 200 + 2 * words}]
+    assert "usage" in outcome.chunks[-1]
+
+
+async def test_pipe_says_thinking_when_reasoning_is_hidden(service: ServiceThread) -> None:
+    prompt = "[think] Quick question"
+    outcome = await run_pipe(
+        make_pipe(service.url, SERVICE_TOKEN=SERVICE_TOKEN), prompt, user_id="pipe-student-2", show_reasoning=False
+    )
+    assert outcome.reasoning == ""
+    assert outcome.descriptions[0] == "Thinking..."
+    assert outcome.content == expected_answer(prompt)
 
 
 async def test_same_student_keeps_one_agent(service: ServiceThread, letta_stack: LocalStack) -> None:
@@ -45,7 +62,7 @@ async def test_stop_button_cancels_the_letta_run(service: ServiceThread, letta_s
         stop_after_chunks=3,
     )
     assert len(outcome.chunks) == 3
-    assert outcome.statuses[-1]["data"] == {"description": "Stopped", "done": True, "hidden": True}
+    assert outcome.statuses[-1]["data"] == {"description": "Stopped", "done": True, "hidden": False}
     async with AsyncLetta(base_url=letta_stack.letta_url) as letta:
         agent = await anext(a async for a in letta.agents.list(tags=["user:stopping-student"], match_all_tags=True))
         run = await anext(r async for r in letta.runs.list(agent_id=agent.id))
