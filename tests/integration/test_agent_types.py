@@ -76,7 +76,9 @@ async def test_a_type_naming_a_tool_letta_lacks_fails_clearly(letta_stack: Local
     with ServiceThread(settings) as service:
         headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
         async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=60) as client:
-            response = await client.post("/agents", json={"user_id": f"gadget-{uuid.uuid4().hex[:8]}", "agent_type": "gadget"})
+            response = await client.post(
+                "/agents", json={"user_id": f"gadget-{uuid.uuid4().hex[:8]}", "agent_type": "gadget"}
+            )
     assert response.status_code == 500
     body = response.json()
     assert (body["error"], body["field"]) == ("agent_type_misconfigured", "agent_type")
