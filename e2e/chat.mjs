@@ -23,6 +23,7 @@
 // Prints exactly ONE JSON object on stdout; exits 0 when the run completed (whatever it observed),
 // 1 on a harness error ("ok": false, "error": stack trace). Fields:
 //   ok, error?, chatUrl, selectedModel (aria-label of the model button), whatsNewDismissed
+//   menuOptions[]  the model menu's entries when it opened: {value (the model id), text}
 //   samples[]      one per visible change while streaming: {tMs (since send), textLength, text (last 80
 //                  chars), status, reasoning, done, stopVisible}
 //   statusTexts[]  distinct status-line texts seen;  reasoningTexts[] distinct reasoning-block headers
@@ -289,6 +290,10 @@ async function main() {
 
     // Select the model.
     await page.click(SEL.modelButton);
+    await page.waitForSelector(SEL.modelOption(args.model));
+    out.menuOptions = await page.$$eval('button[role=option][data-value]', (els) =>
+      els.map((el) => ({ value: el.dataset.value, text: el.innerText.trim() })),
+    );
     await page.click(SEL.modelOption(args.model));
     out.selectedModel = await page.getAttribute(SEL.modelButton, 'aria-label');
 

@@ -114,7 +114,8 @@ def fake_pipe(admin: Admin, openwebui: owui.OpenWebUI) -> ModuleType:
 
 @pytest.fixture(scope="session")
 def letta_pipe(admin: Admin, openwebui: owui.OpenWebUI, service: ServiceThread) -> str:
-    """``pipe/letta_pipe.py``, uploaded unchanged, active, valves pointing at the service; its model id."""
+    """``pipe/letta_pipe.py``, uploaded unchanged, active, valves pointing at the service; the model id of its
+    ``tutor`` (a manifold: one model ``<function id>.<type id>`` per agent type the service lists)."""
     try:
         owui.install_function(
             admin.url,
@@ -130,7 +131,7 @@ def letta_pipe(admin: Admin, openwebui: owui.OpenWebUI, service: ServiceThread) 
     except Exception as exc:
         pytest.fail(f"cannot install the Letta pipe: {exc}\nOpenWebUI log tail:\n{openwebui.log_tail()}", pytrace=False)
     assert stored.get("SERVICE_URL") == service.url, stored
-    return LETTA_PIPE_ID
+    return f"{LETTA_PIPE_ID}.tutor"
 
 
 @pytest.fixture

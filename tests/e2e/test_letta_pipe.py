@@ -48,7 +48,8 @@ def _user_id(admin: Admin) -> str:
 async def _runs_async(letta_url: str, user_id: str) -> dict[str, str]:
     """``{run id: status}`` of every run of the user's agent (empty if the agent does not exist yet)."""
     async with AsyncLetta(base_url=letta_url, timeout=30) as letta:
-        agents = [a async for a in letta.agents.list(tags=[f"user:{user_id}"], match_all_tags=True)]
+        tags = [f"user:{user_id}", "agent_type:tutor"]  # the tutor's (test_agent_type_menu.py makes a coach)
+        agents = [a async for a in letta.agents.list(tags=tags, match_all_tags=True)]
         assert len(agents) <= 1, f"more than one agent for one student: {[a.id for a in agents]}"
         if not agents:
             return {}

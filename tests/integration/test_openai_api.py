@@ -112,9 +112,9 @@ async def user_texts(letta_url: str, agent_id: str) -> list[str]:
 # ---------------------------------------------------------------- streaming and whole
 
 
-async def test_models_lists_the_tutor(oai: openai.AsyncOpenAI) -> None:
+async def test_models_lists_the_agent_types(oai: openai.AsyncOpenAI) -> None:
     models = [m async for m in oai.models.list()]
-    assert [(m.id, m.owned_by) for m in models] == [("tutor", "letta-stream")]
+    assert [(m.id, m.owned_by) for m in models] == [("tutor", "letta-stream"), ("study-coach", "letta-stream")]
 
 
 async def test_the_official_client_streams_reasoning_tool_use_answer_and_usage(oai: openai.AsyncOpenAI) -> None:
