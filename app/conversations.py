@@ -17,11 +17,12 @@ Letta 0.16.8 cannot fork a conversation at a message, so the history is not rewo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
-from letta_client import AsyncLetta
+from letta_client import AsyncLetta, NotFoundError
 from letta_client.types.agents import LettaResponse
 
 from pipeline.content import Image
@@ -40,6 +41,7 @@ RECENT_MESSAGES: Final = 50
 OTID_MARK: Final = "owui:"
 ROOT: Final = "root"
 EDIT_QUOTE_CHARS: Final = 200
+TITLE_CHARS: Final = 200
 NOTE_START: Final = "(The student "
 NOTE_END: Final = ")\n\n"
 
@@ -86,7 +88,8 @@ def agent_input(message: str, earlier: Earlier | None) -> str:
 def chat_summary(chat_id: str, title: str | None) -> str:
     """The ``summary`` a chat's conversation is created with."""
     first = CHAT_MARK + chat_id
-    return f"{first}\n{title.strip()}" if title and title.strip() else first
+    title = " ".join((title or "").split())[:TITLE_CHARS]
+    return f"{first}\n{title}" if title else first
 
 
 def chat_of(summary: str | None) -> str | None:
@@ -129,6 +132,17 @@ class ConversationIndex:
     def forget(self, agent_id: str, chat_id: str) -> None:
         """Drop a conversation Letta no longer has from the index."""
         self._by_chat.pop((agent_id, chat_id), None)
+
+    @asynccontextmanager
+    async def forgetting_missing(self, agent_id: str, chat_id: str | None) -> AsyncIterator[None]:
+        """A 404 from Letta inside the block (e.g. the conversation was deleted) drops the chat from the index,
+        so the next message finds or creates the conversation again; the error goes on."""
+        try:
+            yield
+        except NotFoundError:
+            if chat_id is not None:
+                self.forget(agent_id, chat_id)
+            raise
 
     async def _find(self, agent_id: str, chat_id: str) -> str | None:
         found = await self.client.conversations.list(

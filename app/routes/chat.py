@@ -103,7 +103,7 @@ async def chat() -> dict[str, Any]:
     try:
         async with host.owning(body.agent_id, turn_id):
             where = await _target(svc, body)
-            async with letta_errors():
+            async with letta_errors(), svc.conversations.forgetting_missing(body.agent_id, body.chat_id):
                 # a whole turn holds its connection: it goes on a stream pool, not the small CRUD pool
                 response = await whole_turn(svc.stream_client(), body.agent_id, where)
     except anyio.get_cancelled_exc_class():
@@ -141,7 +141,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
     await _claim(svc, body.agent_id, turn_id, reader)
     try:
         where = await _target(svc, body)
-        async with letta_errors():
+        async with letta_errors(), svc.conversations.forgetting_missing(body.agent_id, body.chat_id):
             turn = await start_turn(
                 svc.stream_client(),
                 body.agent_id,

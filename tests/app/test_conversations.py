@@ -146,3 +146,23 @@ async def test_text_of_the_turn_is_unchanged_inside_a_conversation(app: Quart) -
 @pytest.fixture
 def letta() -> Any:
     return make_fake()
+
+
+async def test_a_conversation_deleted_in_letta_is_made_again_on_the_next_message(app: Quart, letta: Any) -> None:
+    agent_id = await _agent(app, "s6")
+    body = {"agent_id": agent_id, "message": "hi", "chat_id": "chat-D"}
+    await _stream(app, **body)
+    [old] = list(letta.store.conversations)
+    del letta.store.conversations[old]  # deleted in Letta behind the service's back
+    response = await app.test_client().post("/chat/stream", json=body)
+    assert response.status_code == 404  # this message is refused before anything streamed...
+    await _stream(app, **body)  # ... and the next one gets a new conversation
+    [new] = list(letta.store.conversations)
+    assert new != old
+    assert letta.conversations.messages.sent[-1][0] == new
+
+
+def test_a_long_title_is_kept_short_in_the_summary() -> None:
+    assert (
+        chat_summary("c", "  A  title\nwith lines " + "x" * 500) == "openwebui-chat:c\nA title with lines " + "x" * 181
+    )

@@ -56,6 +56,18 @@ async def _runs_async(letta_url: str, user_id: str) -> dict[str, str]:
         return {r.id: str(r.status) async for r in letta.runs.list(agent_id=agents[0].id)}
 
 
+async def _conversation_of_run_async(letta_url: str, run_id: str) -> tuple[str | None, list[str | None]]:
+    """The summary of the Letta conversation a run ran in (``None`` outside any) and its user messages' otids."""
+    async with AsyncLetta(base_url=letta_url, timeout=30) as letta:
+        run = await letta.runs.retrieve(run_id)
+        if run.conversation_id is None:
+            return None, []
+        page: Any = await letta.conversations.messages.list(
+            run.conversation_id, limit=50, include_return_message_types=["user_message"]
+        )
+        return (await letta.conversations.retrieve(run.conversation_id)).summary, [m.otid for m in page.items]
+
+
 def letta_runs(stack: LocalStack, user_id: str) -> dict[str, str]:
     return asyncio.run(_runs_async(stack.letta_url, user_id))
 
@@ -134,6 +146,12 @@ def test_real_chain_browser_streams_status_reasoning_and_answer(
     new_runs = {k: v for k, v in runs_after.items() if k not in runs_before}
     assert len(new_runs) == 1, new_runs
     assert list(new_runs.values()) == ["completed"], new_runs
+    # ... in the Letta conversation of this OpenWebUI chat (one conversation per chat)
+    summary, otids = asyncio.run(_conversation_of_run_async(letta_stack.letta_url, next(iter(new_runs))))
+    assert (summary or "").startswith("openwebui-chat:"), summary
+    # ... its user message named by OpenWebUI's ids (how a regenerate or an edit is recognised)
+    assert len(otids) == 1, otids
+    assert (otids[0] or "").startswith("owui:"), otids
 
 
 def test_real_chain_browser_stop_keeps_partial_answer_and_cancels_the_letta_run(
