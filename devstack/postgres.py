@@ -101,16 +101,28 @@ def pgdata_for(root_dir: Path, data_dir: Path) -> Path:
     ``/tmp/pytest-of-root``, which pytest re-chmods to 0700 whenever another
     session starts, or a ``mkdtemp`` dir) would break the running server.
     Then the files go to ``<root_dir>/.stack/pgdata/<hash>``, swept once the
-    data dir that owns them is gone.
+    data dir that owns them is gone — or was made anew under the same path (pytest's
+    ``--basetemp`` reused): a data dir without its :data:`SLOT_MARK` never gets the old
+    slot's database, whose agents point at a scripted LLM port that is gone.
     """
     default = data_dir / "pgdata"
     slot = root_dir / ".stack" / "pgdata" / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     if (default / "PG_VERSION").exists() or os.geteuid() != 0 or (not slot.exists() and _others_can_traverse(data_dir)):
         return default
     _sweep(slot.parent)
+    mark = data_dir / SLOT_MARK
+    if slot.exists() and not mark.exists():
+        _signal_stop(slot / "pgdata", timeout=30)
+        shutil.rmtree(slot, ignore_errors=True)
     slot.mkdir(parents=True, exist_ok=True)
     (slot / "owner").write_text(str(data_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mark.write_text(slot.name)
     return slot / "pgdata"
+
+
+SLOT_MARK = ".pgdata-slot"
+"""Written into a data dir whose Postgres files live in a slot (see :func:`pgdata_for`)."""
 
 
 def _others_can_traverse(path: Path) -> bool:
