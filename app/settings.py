@@ -32,6 +32,9 @@ class Settings:
     model: str = _env("LETTA_MODEL", "openai/gpt-4o-mini")
     embedding: str = _env("LETTA_EMBEDDING", "openai/text-embedding-3-small")
     throttle_window: float = _env("STREAM_THROTTLE_SECONDS", 0.05)
+    throttle_leading: bool = _env("STREAM_THROTTLE_LEADING", True)
+    """Send the first text after a pause at once, then at most one frame per window (off: every
+    frame waits its window, which adds the window to the first text)."""
     keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
     cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 30.0)
     """How long an abandoned stream keeps trying to cancel its run (a burst of disconnects queues them)."""
