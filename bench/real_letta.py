@@ -192,6 +192,8 @@ async def compare(
             "text_frames": r(median([len(v[2]) for v in vals]), 1),
             "gap_p50_ms": r(median([pct(gaps_ms(v[2]), 50) for v in vals]), 1),
             "gap_max_ms": r(median([max(gaps_ms(v[2]), default=0.0) for v in vals]), 1),
+            "ttfe_runs_ms": [r(v[0], 1) for v in vals],  # in run order: the spread behind the median
+            "total_runs_ms": [r(v[1], 1) for v in vals],
         }
     return out
 
