@@ -38,6 +38,9 @@ class Settings:
     agents_file: str = _env("AGENTS_FILE", DEFAULT_AGENTS_FILE)
     """The agent types students can pick (:mod:`app.agent_types`), read and checked at startup."""
     throttle_window: float = _env("STREAM_THROTTLE_SECONDS", 0.05)
+    throttle_leading: bool = _env("STREAM_THROTTLE_LEADING", True)
+    """Send the first text after a pause at once, then at most one frame per window (off: every
+    frame waits its window, which adds the window to the first text)."""
     keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
     cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 30.0)
     """How long an abandoned stream keeps trying to cancel its run (a burst of disconnects queues them)."""

@@ -1,8 +1,8 @@
 """Writing a turn's log off the hot path, and reading back what it told the client.
 
 The runner hands every outgoing frame to a :class:`LogWriter` (instant, never waits):
-the writer's own task appends whatever has piled up as one batch, so the live stream
-never waits on the store and a slow store costs batches, not latency.  The pending
+the writer's own task opens the log, then appends whatever has piled up as one batch, so
+the live stream never waits on the store and a slow store costs batches, not latency.  The pending
 frames are bounded; a store that cannot keep up (or fails) marks the log *broken* —
 the live stream goes on, and a resume of that turn is refused (410) instead of
 replaying a log with holes.
@@ -22,17 +22,22 @@ from pipeline.events import Text
 from pipeline.sse import SSEParser
 from pipeline.wire import parse_event
 
-from .store import LogFrame, TurnStore
+from .store import LogFrame, LogMeta, TurnStore
 
 log = logging.getLogger(__name__)
 
 
 @attrs.define
 class LogWriter:
-    """Appends one turn's frames to ``store`` in batches.  :meth:`run` is its task; :meth:`close` ends it."""
+    """Appends one turn's frames to ``store`` in batches.  :meth:`run` is its task; :meth:`close` ends it.
+
+    ``opening`` (the log's meta and ttl): :meth:`run` opens the log first; a store that
+    fails to open it breaks the log (the turn goes on, unresumable).
+    """
 
     store: TurnStore
     turn_id: str
+    opening: tuple[LogMeta, float] | None = None
     max_pending: int = 4096
     broken: BaseException | None = None
     appended: int = 0
@@ -64,7 +69,15 @@ class LogWriter:
         self._wake.set()
 
     async def run(self) -> None:
-        """Write batches until closed and drained (or broken)."""
+        """Open the log (if not yet), then write batches until closed and drained (or broken)."""
+        if self.opening is not None and self.broken is None:
+            try:
+                await self.store.log_open(*self.opening)
+            except Exception as exc:
+                self.broken = exc
+                log.warning("turn log %s broken: it could not be opened: %r", self.turn_id, exc)
+                return
+            self.opening = None
         while True:
             if not self._pending:
                 if self._closed or self.broken is not None:

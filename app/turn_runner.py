@@ -84,6 +84,8 @@ class TurnRunner:
     mapper: LettaMapper
     live: MemoryObjectSendStream[list[LogFrame]] | None
     window: float = 0.05
+    leading: bool = True
+    """The throttle's leading edge (:class:`~pipeline.coalesce.Coalescer`)."""
     log_enabled: bool = True
     log_ttl: float = 3600.0
     """How long the log may live while the turn runs (longer than any turn)."""
@@ -101,11 +103,11 @@ class TurnRunner:
         released turn whose log lacks its end.  A runner stopped before the end leaves
         the turn to be taken over.
         """
-        self.writer = LogWriter(self.store, self.turn_id) if self.log_enabled else None
+        meta = LogMeta(self.turn_id, self.turn.agent_id)
+        # the log is opened by the writer's task: reading Letta never waits for the store
+        self.writer = LogWriter(self.store, self.turn_id, opening=(meta, self.log_ttl)) if self.log_enabled else None
         last: LogFrame | None = None
         try:
-            if self.writer is not None:
-                await self.store.log_open(LogMeta(self.turn_id, self.turn.agent_id), self.log_ttl)
             async with anyio.create_task_group() as tg:
                 if self.writer is not None:
                     tg.start_soon(self.writer.run)
@@ -137,7 +139,7 @@ class TurnRunner:
         self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)
         source = partial(letta_source, self.turn, abandon=_keep_running)
         framer = TurnFramer(self.turn_id, self.seq)
-        async with open_flow(source, self.mapper, Throttle(self.window), framer) as frames:
+        async with open_flow(source, self.mapper, Throttle(self.window, leading=self.leading), framer) as frames:
             while True:
                 try:
                     batch: list[LogFrame] = await frames.receive_ready()

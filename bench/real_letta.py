@@ -1,16 +1,31 @@
 """Part 6: the real Letta server (0.16.8) with the scripted LLM, direct vs through the service.
 
-Three paths, one turn at a time on one agent (Letta interleaves concurrent turns of
-one agent), their order rotated every run: letta-client straight to Letta
-(foreground streaming), the service as deployed by default (its turn log in Redis, so
-a dropped stream resumes from any replica), and the service with ``STREAM_RESUME=off``
-(no log).  Then the reconnect: a stream dropped after some text is resumed with
+Four paths, one turn at a time on one agent (Letta interleaves concurrent turns of
+one agent): letta-client straight to Letta (foreground streaming), the service as
+deployed by default (its turn log in Redis, so a dropped stream resumes from any
+replica; the throttle's leading edge on), the same with the trailing-only throttle
+(``STREAM_THROTTLE_LEADING=off``: the A/B of the leading edge, in the same run), and the
+service with ``STREAM_RESUME=off`` (no log, the store in memory).
+
+Order matters on a real Letta: it is still finishing a turn (the run's final update,
+its steps) after the stream's last byte, so a turn sent at once after another starts
+slower (measured through the service: Letta answered the request's headers in ~130-150 ms
+right after a turn, ~80 ms half a second later), and a fixed rotation of the paths always
+puts the same path right after the direct one.  So every turn waits :data:`SETTLE`
+seconds (a student reads the answer before sending the next message), and the runs
+alternate the rotation's direction, so each path follows each other path equally often.
+
+Then the reconnect: a stream dropped after 10 text frames is resumed with
 ``Last-Event-ID`` through the same replica and through another one (two service
-processes on one Redis), timed from the request to the first replayed frame.  The prompt
-``[long N] [slow MS]`` makes the scripted model stream N word deltas MS apart, a
-token pace, so the gaps between text frames show how smoothly the answer arrives.
-Every run's text must be exactly ``w1 ... wN``.  One raw request also records how
-the real stream ends (the emulator copies that framing).
+processes on one Redis), timed from the request to the first replayed frame — after
+:data:`REPLAY_AFTER` seconds away (frames wait in the log: what a reconnect replays),
+and, once more on the same replica, at once (*caught up*: the client already had every
+frame, so its first frame is the next one the runner makes, up to one throttle window
+later — the pace of the answer, not the resume).  The prompt ``[long N] [slow MS]``
+makes the scripted model stream N word deltas MS apart, a token pace, so the gaps
+between text frames show how smoothly the answer arrives.  Every run's text must be
+exactly ``w1 ... wN``.  One raw request also records how the real stream ends (the
+emulator copies that framing).
 """
 
 from __future__ import annotations
@@ -38,6 +53,11 @@ from .client import TOKEN, BenchError, one_stream
 from .latency import post_json
 from .procs import Child
 from .stats import median, pct, r
+
+SETTLE = 0.5
+"""Seconds between turns: Letta finishes the previous run meanwhile."""
+REPLAY_AFTER = 0.3
+"""Seconds a dropped client stays away before it resumes (frames pile up in the log meanwhile)."""
 
 
 def expected(words: int) -> str:
@@ -93,8 +113,9 @@ async def via_service(svc: Child, agent_id: str, prompt: str, want: str) -> Samp
     return (res.first_text_ns - res.started_ns) / 1e6, (res.ended_ns - res.started_ns) / 1e6, res.text_ns
 
 
-async def reconnect(drop: Child, resume: Child, agent_id: str, prompt: str, want: str) -> float:
-    """Drop a stream on ``drop`` after 10 text frames; ms from the resume request on ``resume`` to its first frame."""
+async def reconnect(drop: Child, resume: Child, agent_id: str, prompt: str, want: str, away: float) -> float:
+    """Drop a stream on ``drop`` after 10 text frames, wait ``away`` s; ms from the resume request on ``resume``
+    to its first frame."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     body = {"agent_id": agent_id, "enable_thinking": False, "message": prompt}
     told: list[str] = []
@@ -114,6 +135,7 @@ async def reconnect(drop: Child, resume: Child, agent_id: str, prompt: str, want
                     if len(told) >= 10:
                         break
             break
+        await asyncio.sleep(away)
         began = time.monotonic_ns()
         first: int | None = None
         rest, parser = [], SSEParser()
@@ -153,7 +175,10 @@ async def compare(
         names = list(paths)
         for i in range(runs + 1):
             order = names[i % len(names) :] + names[: i % len(names)]  # Letta drifts as the history grows
+            if i % 2:
+                order.reverse()  # each path follows each other one equally often
             for name in order:
+                await asyncio.sleep(SETTLE)
                 sample = await paths[name]()
                 if i:  # run 0 warms up
                     samples[name].append(sample)
@@ -167,11 +192,14 @@ async def compare(
             "text_frames": r(median([len(v[2]) for v in vals]), 1),
             "gap_p50_ms": r(median([pct(gaps_ms(v[2]), 50) for v in vals]), 1),
             "gap_max_ms": r(median([max(gaps_ms(v[2]), default=0.0) for v in vals]), 1),
+            "ttfe_runs_ms": [r(v[0], 1) for v in vals],  # in run order: the spread behind the median
+            "total_runs_ms": [r(v[1], 1) for v in vals],
         }
     return out
 
 
 DEFAULT = "through /chat/stream (default: turn log in Redis)"
+TRAILING = "through /chat/stream, default but STREAM_THROTTLE_LEADING=off"
 NO_LOG = "through /chat/stream, STREAM_RESUME=off"
 
 
@@ -188,6 +216,7 @@ def run(quick: bool, runs: int, log_dir: Path) -> dict[str, Any]:
 
         children = {
             DEFAULT: service("default", "--redis", stack.redis_url),
+            TRAILING: service("trailing", "--redis", stack.redis_url, "--leading", "off"),
             NO_LOG: service("no-log", "--resume", "off"),
         }
         other = service("replica-b", "--redis", stack.redis_url)
@@ -198,14 +227,53 @@ def run(quick: bool, runs: int, log_dir: Path) -> dict[str, Any]:
             agent_id = post_json(first.url + "/agents", {"user_id": "bench", "agent_type": "tutor"})["agent_id"]
             out = asyncio.run(compare(stack.letta_url, children, agent_id, words, pace_ms, runs))
             prompt, want = f"bench [long {words}] [slow {pace_ms}]", expected(words)
-            same = [asyncio.run(reconnect(first, first, agent_id, prompt, want)) for _ in range(runs)]
-            across = [asyncio.run(reconnect(first, other, agent_id, prompt, want)) for _ in range(runs)]
+            same = [asyncio.run(reconnect(first, first, agent_id, prompt, want, REPLAY_AFTER)) for _ in range(runs)]
+            across = [asyncio.run(reconnect(first, other, agent_id, prompt, want, REPLAY_AFTER)) for _ in range(runs)]
+            caught_up = [asyncio.run(reconnect(first, first, agent_id, prompt, want, 0.0)) for _ in range(runs)]
             out["reconnect_to_first_frame_ms"] = {
                 "same replica p50": r(median(same), 1),
                 "other replica p50": r(median(across), 1),
                 "same replica max": r(max(same), 1),
                 "other replica max": r(max(across), 1),
+                "caught up (next frame not made yet), same replica p50": r(median(caught_up), 1),
             }
+            out["reconnect_away_s"] = REPLAY_AFTER
+            out["settle_s"] = SETTLE
             out["stack_startup_s"] = stack.startup_seconds
     print(f"  real Letta: {out}", flush=True)
     return out
+
+
+def main() -> None:
+    """``python -m bench.real_letta [--runs N]``: this part alone, merged into ``bench/results/latest.{json,md}``.
+
+    The other parts' figures stay those of the last full run; this section says when it was measured.
+    """
+    import argparse
+    import json
+    from datetime import UTC, datetime
+
+    from . import report
+    from .procs import loadavg
+
+    parser = argparse.ArgumentParser(prog="python -m bench.real_letta")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args()
+    began, started, load = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds"), loadavg()
+    out = run(False, args.runs, Path(tempfile.mkdtemp(prefix="letta-stream-bench-")))
+    out["run"] = {
+        "started": started,
+        "loadavg": load,
+        "loadavg_end": loadavg(),
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    latest = args.out / "latest.json"
+    results = json.loads(latest.read_text())
+    results["real_letta"] = out
+    results.get("skipped", {}).pop("real_letta", None)
+    print(report.write(results, args.out).read_text())
+
+
+if __name__ == "__main__":
+    main()

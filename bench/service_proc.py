@@ -72,6 +72,7 @@ async def run(args: argparse.Namespace) -> None:
     values = {
         "letta_base_url": args.letta,
         "throttle_window": args.window,
+        "throttle_leading": args.leading == "on",
         "keepalive_interval": args.keepalive,
         "model": args.model,
         "embedding": args.embedding,
@@ -110,6 +111,7 @@ def launch(args: argparse.Namespace) -> None:
         **os.environ,
         "LETTA_BASE_URL": args.letta,
         "STREAM_THROTTLE_SECONDS": str(args.window),
+        "STREAM_THROTTLE_LEADING": args.leading,
         "STREAM_KEEPALIVE_SECONDS": str(args.keepalive),
         "SERVICE_TOKEN": TOKEN,
         "STREAM_SEND_TIMEOUT_SECONDS": str(args.send_timeout),
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--letta", required=True)
     parser.add_argument("--window", type=float, default=0.05)
     parser.add_argument("--keepalive", type=float, default=15.0)
+    parser.add_argument("--leading", choices=("on", "off"), default="on", help="STREAM_THROTTLE_LEADING")
     parser.add_argument("--pool", type=int, default=0)
     parser.add_argument("--resume", choices=("on", "off"), default="on", help="STREAM_RESUME")
     parser.add_argument("--send-timeout", type=float, default=30.0, help="STREAM_SEND_TIMEOUT_SECONDS")

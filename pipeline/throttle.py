@@ -17,7 +17,6 @@ import anyio
 import anyio.lowlevel
 
 from .coalesce import Coalescer
-from .events import Reasoning, Text
 from .streams import Feed, Receive, Send
 
 
@@ -51,12 +50,14 @@ async def throttle(
     max_chars: int = 4096,
     max_backlog: int = 32,
     max_buffered_chars: int = 65536,
+    leading: bool = True,
 ) -> None:
-    """Coalesce text and reasoning deltas within ``window`` seconds or ``max_chars``.
+    """Coalesce text and reasoning deltas: at most one text frame per ``window`` seconds (see
+    :class:`~pipeline.coalesce.Coalescer`; ``leading``: the first delta after a pause at once), or ``max_chars``.
 
     Closes both streams; all held text is sent before ``send`` closes.
     """
-    coalescer = Coalescer(window, max_chars, max_backlog, max_buffered_chars)
+    coalescer = Coalescer(window, max_chars, max_backlog, max_buffered_chars, leading)
     to_writer, to_reader = _Wakeup(), _Wakeup()
     reading = True
 
@@ -103,17 +104,23 @@ class Throttle:
     """
 
     def __init__(
-        self, window: float = 0.05, max_chars: int = 4096, max_backlog: int = 32, max_buffered_chars: int = 65536
+        self,
+        window: float = 0.05,
+        max_chars: int = 4096,
+        max_backlog: int = 32,
+        max_buffered_chars: int = 65536,
+        leading: bool = True,
     ) -> None:
         self.window = window
         self.max_chars = max_chars
         self.max_backlog = max_backlog
         self.max_buffered_chars = max_buffered_chars
+        self.leading = leading
 
     def open(self, step: Feed | None) -> tuple[CoalescingSend, Callable[[Send], Awaitable[None]]]:
         """The send end its upstream writes to, and the writer to run as a task (sending to ``send``)."""
-        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars)
-        link = CoalescingSend(coalescer, step, hand_over_text=self.window <= 0)
+        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars, self.leading)
+        link = CoalescingSend(coalescer, step)
         return link, link.write
 
 
@@ -121,14 +128,14 @@ class CoalescingSend:
     """A link whose buffer is a :class:`Coalescer`: ``send`` pushes, :meth:`write` sends what is due.
 
     When nothing is held or being sent and the next link takes an event at once, an event
-    that would be due at once anyway (anything but text, or text with a zero window) is
-    handed straight to it: no wake-up of the writer, no delay.
+    that would be due at once anyway (anything but text; text that opens a frame — the
+    first delta after a pause, or any with a zero window) is handed straight to it: no
+    wake-up of the writer, no delay.
     """
 
-    def __init__(self, coalescer: Coalescer, step: Feed | None, *, hand_over_text: bool = False) -> None:
+    def __init__(self, coalescer: Coalescer, step: Feed | None) -> None:
         self._coalescer = coalescer
         self._step = step
-        self._hand_over_text = hand_over_text
         self._to_writer, self._to_sender = _Wakeup(), _Wakeup()
         self._open = True
         self._gone = False  # the writer stopped: nobody takes anything any more
@@ -137,14 +144,17 @@ class CoalescingSend:
     def _push(self, event: object) -> None:
         coalescer = self._coalescer
         out = self._out
-        if out is not None and coalescer.empty and (self._hand_over_text or not isinstance(event, (Text, Reasoning))):
+        now = anyio.current_time()
+        if out is not None and coalescer.passes(event, now):  # type: ignore[arg-type]
             try:
                 out.send_nowait(event)
-                return
             except anyio.WouldBlock:
                 pass
+            else:
+                coalescer.passed(event, now)  # type: ignore[arg-type]
+                return
         idle = coalescer.empty
-        coalescer.push(event, anyio.current_time())  # type: ignore[arg-type]
+        coalescer.push(event, now)  # type: ignore[arg-type]
         if idle or coalescer.has_ready:  # a new window began, or something is due now: the writer must know
             self._to_writer.set()
 

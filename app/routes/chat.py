@@ -166,6 +166,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
         LettaMapper(show_reasoning=body.enable_thinking),
         send,
         window=settings.throttle_window,
+        leading=settings.throttle_leading,
         log_enabled=settings.resume,
         log_ttl=settings.letta_timeout + settings.log_keep,
         keep=settings.log_keep,

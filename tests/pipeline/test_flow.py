@@ -184,7 +184,8 @@ async def test_throttle_boundary_keeps_order_and_loses_nothing(window: float, pa
         assert len(got) < len(items)  # text merged for a slow consumer
 
 
-async def test_throttle_boundary_never_holds_a_status_behind_text() -> None:
+@pytest.mark.parametrize("leading", [True, False])
+async def test_throttle_boundary_never_holds_a_status_behind_text(leading: bool) -> None:
     gate = anyio.Event()
     stream = FakeStream([Text("a"), Text("b"), Status("Using x..."), Text("c")], gate=None)
 
@@ -195,12 +196,31 @@ async def test_throttle_boundary_never_holds_a_status_behind_text() -> None:
                 if isinstance(item, Status):
                     await gate.wait()  # the status is out before anything else arrives
 
-    async with open_flow(slow_source, Throttle(60.0)) as out:
+    async with open_flow(slow_source, Throttle(60.0, leading=leading)) as out:
         with anyio.fail_after(5):
-            assert await out.receive() == Text("ab")
+            first = [Text("a"), Text("b")] if leading else [Text("ab")]  # "a" opened a frame at once
+            assert [await out.receive() for _ in first] == first
             assert await out.receive() == Status("Using x...")
         gate.set()
         assert await drain(out) == [Text("c")]
+
+
+async def test_throttle_boundary_sends_the_first_delta_after_a_pause_at_once() -> None:
+    gate = anyio.Event()
+    later = FakeStream([Text("c"), Done()], gate=gate)
+
+    async def source(send: Send) -> None:
+        with send:
+            await send.send(Text("a"))
+            await send.send(Text("b"))
+            async for item in later:
+                await send.send(item)
+
+    with anyio.fail_after(5):  # a window of an hour: only the leading edge can let "a" out before the gate
+        async with open_flow(source, Throttle(3600.0), relay) as out:
+            assert await out.receive() == Text("a")
+            gate.set()  # the end of the turn releases the held text at once, then ends
+            assert await drain(out) == [Text("bc"), Done()]
 
 
 async def test_throttle_boundary_bounds_what_it_holds_and_passes_backpressure_up() -> None:

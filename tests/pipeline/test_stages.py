@@ -159,12 +159,30 @@ async def test_throttle_never_holds_a_status_behind_text() -> None:
             assert await collect(recv) == [Done()]
 
 
-async def test_throttle_flushes_held_text_when_input_ends() -> None:
-    async with open_pipeline(
-        partial(read_source, FakeStream([Reasoning("a"), Reasoning("b")])), partial(throttle, window=3600)
-    ) as recv:
+@pytest.mark.parametrize("leading", [True, False])
+async def test_throttle_flushes_held_text_when_input_ends(leading: bool) -> None:
+    stream = FakeStream([Reasoning("a"), Reasoning("b"), Reasoning("c")])
+    async with open_pipeline(partial(read_source, stream), partial(throttle, window=3600, leading=leading)) as recv:
         with anyio.fail_after(10):
-            assert await collect(recv) == [Reasoning("ab")]
+            got = await collect(recv)
+    assert got == ([Reasoning("a"), Reasoning("bc")] if leading else [Reasoning("abc")])
+
+
+async def test_throttle_sends_the_first_delta_after_a_pause_at_once() -> None:
+    gate = anyio.Event()
+    later = FakeStream([Text("b"), Done()], gate=gate)
+
+    async def source(send: Send) -> None:
+        with send:
+            await send.send(Text("a"))
+            async for item in later:
+                await send.send(item)
+
+    with anyio.fail_after(10):  # a window of an hour: trailing-only would hold "a" until the gate opens
+        async with open_pipeline(source, partial(throttle, window=3600)) as recv:
+            assert await recv.receive() == Text("a")
+            gate.set()
+            assert await collect(recv) == [Text("b"), Done()]
 
 
 async def test_keepalive_speaks_when_upstream_is_idle() -> None:
