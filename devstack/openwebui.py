@@ -302,6 +302,9 @@ def install_function(
             toggled = _check(client.post(f"/api/v1/functions/id/{function_id}/toggle"))
             if not toggled.get("is_active"):
                 raise OpenWebUIError(f"function {function_id} is still inactive after toggle: {toggled}")
+        # OpenWebUI answers chat completions from its cached model list, rebuilt when models are listed:
+        # a function installed after the list was built is "Model not found" until then
+        _check(client.get("/api/models"))
 
 
 def set_valves(base_url: str, token: str, function_id: str, valves: Mapping[str, Any]) -> dict[str, Any]:

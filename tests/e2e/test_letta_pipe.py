@@ -192,14 +192,21 @@ def test_real_chain_api_stream_and_title_task_cost_one_agent_turn(
     user_id = _user_id(admin)
     runs_before = wait_for_settled_runs(letta_stack, user_id)
 
-    content, reasoning = [], []
+    content, reasoning, usages = [], [], []
     messages = [{"role": "user", "content": prompt}]
     for chunk in owui.chat_completion_stream(admin.url, admin.token, letta_pipe, messages):
+        if chunk.get("usage"):
+            usages.append(chunk["usage"])
+        if not chunk.get("choices"):
+            continue  # the pipe's usage chunk: OpenWebUI passes it on as it is
         delta = chunk["choices"][0]["delta"]
         content.append(delta.get("content") or "")
         reasoning.append(delta.get("reasoning_content") or "")
     assert "".join(content) == expected_answer(prompt)
     assert "".join(reasoning)  # the service streamed reasoning (ENABLE_THINKING) through the pipe
+    # The turn's token usage, once (the scripted model counts 100 prompt tokens and one per answer word).
+    assert len(usages) == 1, usages
+    assert usages[0]["completion_tokens"] == len(expected_answer(prompt).split()), usages
 
     # A background task (as OpenWebUI sends after the first answer) is answered by the pipe itself.
     title_messages = [*messages, {"role": "assistant", "content": "".join(content)}]

@@ -221,6 +221,7 @@ async def test_kill_9_of_the_runner_mid_answer_the_pipe_gets_the_whole_answer_th
     user = {"id": f"victim-{time.monotonic_ns()}", "name": "Ada", "valves": pipe.UserValves()}
     body = {"model": "letta_tutor", "stream": True, "messages": [{"role": "user", "content": LONG}]}
     chunks: list[str] = []
+    usages: list[Any] = []
     killed = None
     result = await pipe.pipe(body, __user__=user, __metadata__={"chat_id": "c"})
     assert not isinstance(result, str)
@@ -228,12 +229,16 @@ async def test_kill_9_of_the_runner_mid_answer_the_pipe_gets_the_whole_answer_th
         agent_id = await new_agent(lb, user["id"])
     with anyio.fail_after(90):
         async for chunk in result:
+            if "choices" not in chunk:  # the turn's usage, once at the end
+                usages.append(chunk["usage"])
+                continue
             chunks.append(chunk["choices"][0]["delta"].get("content", ""))
             if len("".join(chunks)) >= 60 and killed is None:
                 killed = await _kill_runner(replicas, letta_stack, agent_id)
     assert killed is not None
     try:
         assert "".join(chunks) == expected_answer(LONG)
+        assert len(usages) <= 1, usages  # never twice (a taken-over turn may not know it)
         [run] = await runs_of(letta_stack, agent_id)
         assert run.conversation_id is not None  # the pipe's chat: the takeover read a conversation's run
     finally:
@@ -317,6 +322,7 @@ async def test_a_rolling_restart_of_both_replicas_loses_no_answer(replicas: Repl
     user = {"id": f"rolling-{time.monotonic_ns()}", "name": "Ada", "valves": pipe.UserValves()}
     body = {"model": "letta_tutor", "stream": True, "messages": [{"role": "user", "content": prompt}]}
     chunks: list[str] = []
+    usages: list[Any] = []
     restarted: list[int] = []
     restarting = False
 
@@ -330,12 +336,16 @@ async def test_a_rolling_restart_of_both_replicas_loses_no_answer(replicas: Repl
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
             async for chunk in result:
+                if "choices" not in chunk:  # the turn's usage, once at the end
+                    usages.append(chunk["usage"])
+                    continue
                 chunks.append(chunk["choices"][0]["delta"].get("content", ""))
                 if len("".join(chunks)) >= 40 and not restarting:
                     restarting = True
                     tg.start_soon(restart_all)
     assert restarted == [0, 1]
     assert "".join(chunks) == expected_answer(prompt)
+    assert len(usages) <= 1, usages  # never twice (a taken-over turn may not know it)
     async with client(replicas.url) as lb:
         agent_id = await new_agent(lb, user["id"])
     assert len(await runs_of(letta_stack, agent_id)) == 1  # the message was sent once

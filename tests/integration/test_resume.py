@@ -143,14 +143,19 @@ async def test_the_pipe_rides_out_a_dropped_connection(service: ServiceThread, l
             statuses.append(event)
 
         chunks, dropped = [], 0
+        usages: list[Any] = []
         result = await pipe.pipe(body, __user__=user, __metadata__={"chat_id": "c"}, __event_emitter__=emit)
         assert not isinstance(result, str)
         with anyio.fail_after(60):
             async for chunk in result:
+                if "choices" not in chunk:  # the turn's usage, once at the end
+                    usages.append(chunk["usage"])
+                    continue
                 chunks.append(chunk["choices"][0]["delta"].get("content", ""))
                 if len("".join(chunks)) >= 60 and not dropped:
                     dropped = proxy.drop_connections()
         tg.cancel_scope.cancel()
     assert dropped == 1
     assert "".join(chunks) == expected_answer(PROMPT)
+    assert len(usages) == 1, usages  # the turn's usage once, although the stream was resumed
     assert statuses[-1]["data"] == {"description": "Done", "done": True, "hidden": True}
