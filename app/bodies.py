@@ -65,7 +65,7 @@ class ChatRequest:
     parent_message_id: str | None = attrs.field(default=None, validator=_identifier)
     """OpenWebUI's parent of this user message (recorded for edits; see docs/protocol.md)."""
     images: list[Image] = attrs.Factory(list)
-    """Pictures pasted with the message (checked by :func:`app.images.check_images`)."""
+    """Pictures pasted with the message (checked by :func:`app.images.checked_images`)."""
 
 
 @attrs.frozen

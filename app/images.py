@@ -38,15 +38,16 @@ def _starts_right(media_type: str, raw: bytes) -> bool:
     return raw.startswith(MEDIA_TYPES[media_type])
 
 
-def check_images(
+def checked_images(
     images: Sequence[Image],
     *,
     max_count: int,
     max_bytes: int,
     field: str = "images",
     names: Sequence[str] | None = None,
-) -> None:
-    """Raise :class:`InvalidRequest` naming ``<field>[i].media_type`` or ``<field>[i].data`` for the first bad picture.
+) -> list[Image]:
+    """The pictures as checked (media types in lower case), or :class:`InvalidRequest` naming
+    ``<field>[i].media_type`` or ``<field>[i].data`` for the first bad one.
 
     ``names`` (one per picture) names where each picture came from instead, for both its type and its data.
     """
@@ -73,10 +74,6 @@ def check_images(
             raise InvalidRequest(f"{data_field}: the image is larger than {max_bytes} bytes", field=data_field)
         if not _starts_right(media_type, raw):
             raise InvalidRequest(f"{data_field}: the bytes are not a {media_type} image", field=data_field)
-
-
-def normalized(images: Sequence[Image]) -> list[Image]:
-    """The pictures with their media types in lower case (as checked)."""
     return [Image(image.media_type.strip().lower(), image.data) for image in images]
 
 

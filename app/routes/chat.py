@@ -22,7 +22,7 @@ from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
 from ..conversations import Target, target, whole_turn
 from ..errors import InvalidRequest, NotFound, NotResumable, TurnInProgress, UpstreamError
 from ..frame_ids import BadFrameId, FrameId, parse_frame_id
-from ..images import check_images, normalized
+from ..images import checked_images
 from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
@@ -47,9 +47,9 @@ async def _admit(svc: Services, cls: type[Body]) -> Body:
     if len(body.message) > limit:
         raise InvalidRequest(f"message is longer than {limit} characters", field="message")
     settings = svc.settings
-    check_images(body.images, max_count=settings.max_images, max_bytes=settings.max_image_bytes)
+    images = checked_images(body.images, max_count=settings.max_images, max_bytes=settings.max_image_bytes)
     await _check_owner(svc, body.agent_id, body.user_id)
-    return attrs.evolve(body, images=normalized(body.images)) if body.images else body
+    return attrs.evolve(body, images=images) if body.images else body
 
 
 async def _check_owner(svc: Services, agent_id: str, user_id: str | None) -> None:

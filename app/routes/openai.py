@@ -56,7 +56,7 @@ from ..bodies import MAX_ID_CHARS
 from ..conversations import Target, target, whole_turn
 from ..errors import ApiError, InvalidRequest, TurnInProgress, UpstreamError
 from ..identity import student_from_headers
-from ..images import check_images, images_from_parts, normalized
+from ..images import checked_images, images_from_parts
 from ..openai_api import (
     CompletionRequest,
     api_error_object,
@@ -147,11 +147,12 @@ def _last_user_images(svc: Services, messages: list[dict[str, Any]]) -> list[Ima
     index = next((i for i in reversed(range(len(messages))) if messages[i].get("role") == "user"), None)
     if index is None:
         return []
-    images, names = images_from_parts(messages[index].get("content"), f"messages[{index}].content")
-    settings = svc.settings
     where = f"messages[{index}].content"
-    check_images(images, max_count=settings.max_images, max_bytes=settings.max_image_bytes, field=where, names=names)
-    return normalized(images)
+    images, names = images_from_parts(messages[index].get("content"), where)
+    settings = svc.settings
+    return checked_images(
+        images, max_count=settings.max_images, max_bytes=settings.max_image_bytes, field=where, names=names
+    )
 
 
 @attrs.frozen
