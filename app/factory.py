@@ -15,6 +15,7 @@ from .agent_types import AgentTypes, load_agent_types
 from .agents import AgentRegistry
 from .auth import install_auth
 from .cancels import RunCanceller
+from .collector import tune
 from .connection import StreamingConnection
 from .conversations import ConversationIndex
 from .errors import ApiError
@@ -111,6 +112,10 @@ def create_app(
             log.info("agent index rebuilt from Letta: %d agents", count)
         except Exception as exc:  # Letta may start later: the index fills on demand
             log.warning("could not rebuild the agent index from Letta: %r", exc)
+
+    @app.before_serving
+    async def tune_collector() -> None:  # last: what startup built is frozen
+        tune(settings.gc_young_threshold)
 
     @app.after_serving
     async def close_clients() -> None:

@@ -22,6 +22,9 @@ class SettingsError(ValueError):
     """An environment variable has a value the service cannot use."""
 
 
+LETTA_HTTP_KINDS = ("aiohttp", "httpx")
+
+
 def _env(name: str, default: Any) -> Any:
     return attrs.field(default=default, metadata={"env": name})
 
@@ -48,6 +51,8 @@ class Settings:
     """Open streams the service may hold at once (each holds one connection to Letta)."""
     letta_pool_shards: int = _env("LETTA_POOL_SHARDS", 8)
     letta_control_connections: int = _env("LETTA_CONTROL_CONNECTIONS", 256)
+    letta_http: str = _env("LETTA_HTTP", "aiohttp")
+    """The HTTP transport under the Letta clients: ``aiohttp`` (C parser) or ``httpx`` (see ``app/letta_http.py``)."""
     """Connections of the separate client that cancels runs and answers health checks."""
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
     resume: bool = _env("STREAM_RESUME", True)
@@ -65,6 +70,9 @@ class Settings:
     """How long a turn's log is kept after the turn ended (a late resume replays it)."""
     drain_seconds: float = _env("DRAIN_SECONDS", 8.0)
     """On shutdown, how long turns still running here may take before they are handed off."""
+    gc_young_threshold: int = _env("GC_YOUNG_THRESHOLD", 50_000)
+    """Net allocations between young garbage collections once the app has started (0: CPython's 700, and
+    nothing frozen).  See ``app/collector.py``."""
     max_message_chars: int = _env("MAX_MESSAGE_CHARS", 20_000)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 32 * 1024 * 1024)
     """Largest request body (413 beyond): room for ``MAX_IMAGES`` pictures of ``MAX_IMAGE_BYTES`` in base64."""
@@ -113,6 +121,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.openwebui_jwt_secret is not None and len(settings.openwebui_jwt_secret.encode()) < 32:
         raise SettingsError("OPENWEBUI_JWT_SECRET is shorter than 32 bytes (HS256 needs a longer key)")
+    if settings.letta_http not in LETTA_HTTP_KINDS:
+        raise SettingsError(f"LETTA_HTTP={settings.letta_http!r}: use {' or '.join(map(repr, LETTA_HTTP_KINDS))}")
     auth = environ.get("SERVICE_AUTH", "on").strip().lower()
     if auth not in {"on", "off"}:
         raise SettingsError(f"SERVICE_AUTH={auth!r}: use 'on' or 'off'")

@@ -18,6 +18,7 @@ from letta_client import (
 )
 
 from .errors import ApiError, NotFound, UpstreamError, UpstreamUnavailable
+from .letta_http import transport
 from .settings import Settings
 
 
@@ -89,7 +90,7 @@ def make_client(settings: Settings, *, max_connections: int | None = None) -> As
         timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
         max_retries=0,
         http_client=httpx.AsyncClient(
-            transport=PoolGate(httpx.AsyncHTTPTransport(limits=limits), limit),
+            transport=PoolGate(transport(settings.letta_http, limits), limit),
             timeout=httpx.Timeout(settings.letta_timeout, connect=5.0),
         ),
     )

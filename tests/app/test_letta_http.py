@@ -1,0 +1,152 @@
+"""The aiohttp transport under the Letta clients (``app/letta_http.py``), against real sockets.
+
+Each failure must reach letta-client and the pipeline under the name httpx's own
+transport gives it (a refused connection is not a timeout), and a stream must arrive
+chunk by chunk as it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from letta_client import APIConnectionError, APITimeoutError, AsyncLetta
+
+from app.letta_http import LettaTransport, transport
+from app.settings import Settings, SettingsError, settings_from_env
+from app.upstream import PoolGate, make_client
+from devstack._proc import free_port
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[str]:
+    """A raw HTTP server on loopback that answers every connection with ``handler``."""
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+def client(timeout: float = 5.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=LettaTransport(limits=httpx.Limits(max_connections=4)), timeout=timeout)
+
+
+async def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(url + "/v1/health/")
+    letta = AsyncLetta(base_url=url, max_retries=0, http_client=client())
+    try:
+        with pytest.raises(APIConnectionError) as caught:
+            await letta.agents.list()
+        assert not isinstance(caught.value, APITimeoutError)
+    finally:
+        await letta.close()
+
+
+async def test_a_server_that_hangs_up_before_answering_is_a_protocol_error() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return
+
+    async with server(hang_up) as url, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(url + "/")
+
+
+async def test_a_stream_cut_mid_body_is_a_transport_error_raised_while_reading() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"8\r\ndata: 1\n\r\n")
+        await writer.drain()
+
+    async with server(cut) as url, client() as http, http.stream("GET", url + "/") as response:
+        assert response.status_code == 200
+        got: list[bytes] = []
+
+        async def read_all() -> None:
+            async for chunk in response.aiter_raw():
+                got.append(chunk)
+
+        with pytest.raises(httpx.TransportError) as caught:
+            await read_all()
+        assert not isinstance(caught.value, httpx.ConnectTimeout)
+        assert b"".join(got) == b"data: 1\n"
+
+
+async def test_a_response_that_is_not_http_is_a_protocol_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nnot a chunk size\r\n")
+        await writer.drain()
+
+    async def read_all(http: httpx.AsyncClient, url: str) -> None:
+        async with http.stream("GET", url + "/") as response:
+            async for _ in response.aiter_raw():
+                pass
+
+    async with server(garbage) as url, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await read_all(http, url)
+
+
+async def test_chunks_arrive_as_they_are_written_and_silence_is_a_read_timeout() -> None:
+    written = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+        await writer.drain()
+        written.set()
+        await release.wait()
+
+    async with server(slow) as url, client(timeout=0.5) as http, http.stream("GET", url + "/") as response:
+        chunks = response.aiter_raw()
+        assert await chunks.__anext__() == b"first\n"  # before the server writes anything more
+        assert written.is_set()
+        with pytest.raises(httpx.ReadTimeout):
+            await chunks.__anext__()
+        release.set()
+
+
+def test_the_setting_picks_the_transport_and_a_bad_value_names_the_variable() -> None:
+    limits = httpx.Limits(max_connections=2)
+    assert isinstance(transport("aiohttp", limits), LettaTransport)
+    assert type(transport("httpx", limits)) is httpx.AsyncHTTPTransport
+    assert settings_from_env({"SERVICE_AUTH": "off"}).letta_http == "aiohttp"
+    assert settings_from_env({"SERVICE_AUTH": "off", "LETTA_HTTP": "httpx"}).letta_http == "httpx"
+    with pytest.raises(SettingsError, match="LETTA_HTTP='curl'"):
+        settings_from_env({"SERVICE_AUTH": "off", "LETTA_HTTP": "curl"})
+
+
+async def test_the_service_client_reads_through_the_gate_and_aiohttp() -> None:
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
+        await writer.drain()
+
+    async with server(ok) as url:
+        letta = make_client(Settings(letta_base_url=url), max_connections=2)
+        try:
+            gate = letta._client._transport  # the http client letta-client was given
+            assert isinstance(gate, PoolGate)
+            assert isinstance(gate._inner, LettaTransport)
+            assert await letta.agents.list() is not None
+        finally:
+            await letta.close()
