@@ -1,8 +1,10 @@
 """Writing a turn's log off the hot path, and reading back what it told the client.
 
 The runner hands every outgoing frame to a :class:`LogWriter` (instant, never waits):
-the writer's own task opens the log, then appends whatever has piled up as one batch, so
-the live stream never waits on the store and a slow store costs batches, not latency.  The pending
+the writer's own task opens the log; a store in this process then takes each batch at
+once in the runner's task (``log_append_nowait``: no wake-up per frame), and a store that
+must be waited for (Redis) gets whatever has piled up as one batch from the writer's
+task, so the live stream never waits on the store and a slow store costs batches, not latency.  The pending
 frames are bounded; a store that cannot keep up (or fails) marks the log *broken* —
 the live stream goes on, and a resume of that turn is refused (410) instead of
 replaying a log with holes.
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 
 @attrs.define
 class LogWriter:
-    """Appends one turn's frames to ``store`` in batches.  :meth:`run` is its task; :meth:`close` ends it.
+    """Appends one turn's frames to ``store``, at once or in batches.  :meth:`run` is its task; :meth:`close` ends it.
+
+    Order is kept: frames go at once only when the log is open and nothing is queued.
 
     ``opening`` (the log's meta and ttl): :meth:`run` opens the log first; a store that
     fails to open it breaks the log (the turn goes on, unresumable).
@@ -48,20 +52,38 @@ class LogWriter:
 
     def append(self, frame: LogFrame) -> None:
         """Queue ``frame``; never waits.  Past ``max_pending`` frames the log is given up as broken."""
-        if self.broken is not None:
+        self.extend([frame])
+
+    def extend(self, frames: list[LogFrame]) -> None:
+        """Write ``frames`` (one batch of the throttle) or queue them; never waits.
+
+        A store in this process takes them at once, in the caller's task (no wake-up of
+        the writer's) — once the log is open and nothing is queued before them.
+        """
+        if self.broken is not None or not frames:
             return
-        if len(self._pending) >= self.max_pending:
+        if self.opening is None and not self._pending:
+            try:
+                written = self.store.log_append_nowait(self.turn_id, frames)
+            except Exception as exc:  # the live stream goes on; only resume is lost
+                self._break(exc)
+                return
+            if written:
+                self.appended += len(frames)
+                self.batches += 1
+                return
+        if len(self._pending) + len(frames) > self.max_pending:
             self.broken = OverflowError(f"{len(self._pending)} frames waiting for the store")
             log.warning("turn log %s broken: the store does not keep up", self.turn_id)
             self._pending.clear()
             return
-        self._pending.append(frame)
+        self._pending.extend(frames)
         self._wake.set()
 
-    def extend(self, frames: list[LogFrame]) -> None:
-        """Queue ``frames`` (one batch of the throttle); never waits."""
-        for frame in frames:
-            self.append(frame)
+    def _break(self, exc: BaseException) -> None:
+        self.broken = exc
+        self._pending.clear()
+        log.warning("turn log %s broken: %r", self.turn_id, exc)
 
     def close(self) -> None:
         """No more frames: :meth:`run` returns once the pending ones are written."""
@@ -89,8 +111,7 @@ class LogWriter:
             try:
                 await self.store.log_append(self.turn_id, batch)
             except Exception as exc:  # the live stream goes on; only resume is lost
-                self.broken = exc
-                log.warning("turn log %s broken: %r", self.turn_id, exc)
+                self._break(exc)
                 return
             del self._pending[: len(batch)]
             self.appended += len(batch)

@@ -27,7 +27,13 @@ class _Log:
     frames: deque[LogFrame]
     trimmed_to: int = 0
     """The highest seq no longer kept (0: nothing trimmed)."""
-    changed: anyio.Event = attrs.field(factory=anyio.Event)
+    changed: anyio.Event | None = None
+    """Set by the next append (or the log's end); made only when a reader waits for one."""
+
+    def notify(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
 
 
 @attrs.define
@@ -98,13 +104,13 @@ class MemoryStore:
         for agent in [a for a, (_, _, expires) in self._records.items() if now >= expires]:
             del self._records[agent]
         for turn in [t for t, log in self._logs.items() if now >= log.expires]:
-            self._logs.pop(turn).changed.set()
+            self._logs.pop(turn).notify()
 
     def _log(self, turn_id: str) -> _Log | None:
         log = self._logs.get(turn_id)
         if log is not None and self.clock_fn() >= log.expires:
             del self._logs[turn_id]
-            log.changed.set()
+            log.notify()
             return None
         return log
 
@@ -120,6 +126,13 @@ class MemoryStore:
 
     async def log_append(self, turn_id: str, frames: Sequence[LogFrame]) -> None:
         await anyio.lowlevel.checkpoint()
+        self._append(turn_id, frames)
+
+    def log_append_nowait(self, turn_id: str, frames: Sequence[LogFrame]) -> bool:
+        self._append(turn_id, frames)  # in this process: nothing to wait for
+        return True
+
+    def _append(self, turn_id: str, frames: Sequence[LogFrame]) -> None:
         log = self._log(turn_id)
         if log is None:
             raise LogGone(f"no log for turn {turn_id}")
@@ -133,8 +146,7 @@ class MemoryStore:
             if len(log.frames) > self.max_frames:
                 log.trimmed_to = log.frames.popleft().seq
         if frames:
-            log.changed.set()
-            log.changed = anyio.Event()
+            log.notify()
 
     async def log_read(self, turn_id: str, after: int, *, wait: float = 0.0, limit: int = 1000) -> list[LogFrame]:
         deadline = anyio.current_time() + wait
@@ -155,6 +167,8 @@ class MemoryStore:
                 await anyio.lowlevel.checkpoint()
                 return found
             # woken by any append (or the log's expiry): read again, and wait on until the deadline
+            if log.changed is None:
+                log.changed = anyio.Event()
             with anyio.move_on_after(remaining):
                 await log.changed.wait()
 

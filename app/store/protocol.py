@@ -108,6 +108,14 @@ class TurnStore(Protocol):
         """
         ...
 
+    def log_append_nowait(self, turn_id: str, frames: Sequence[LogFrame]) -> bool:
+        """Append ``frames`` at once, without waiting, if this store can (a store in this process).
+
+        ``True``: appended, exactly as :meth:`log_append` would have (same errors, raised
+        here).  ``False``: this store must be waited for; nothing was written or checked.
+        """
+        ...
+
     async def log_read(self, turn_id: str, after: int, *, wait: float = 0.0, limit: int = 1000) -> list[LogFrame]:
         """Frames with ``seq > after`` (at most ``limit``); if none, wait up to ``wait`` seconds for one.
 

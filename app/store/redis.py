@@ -437,6 +437,9 @@ class RedisStore:
             return None
         return LogMeta(turn_id=turn_id, agent_id=str(json.loads(raw)["agent_id"]))
 
+    def log_append_nowait(self, turn_id: str, frames: Sequence[LogFrame]) -> bool:
+        return False  # every write is a round trip: the log writer batches them
+
     async def log_append(self, turn_id: str, frames: Sequence[LogFrame]) -> None:
         last = 0
         args: list[_Arg] = [self.max_frames]
