@@ -34,6 +34,9 @@ class LogWriter:
     """Appends one turn's frames to ``store``, at once or in batches.  :meth:`run` is its task; :meth:`close` ends it.
 
     Order is kept: frames go at once only when the log is open and nothing is queued.
+    With a store that takes frames at once, :meth:`run` returns as soon as the log is open
+    and what was queued before is written (calling it again after :meth:`close` writes
+    anything left); otherwise it runs until closed.
 
     ``opening`` (the log's meta and ttl): :meth:`run` opens the log first; a store that
     fails to open it breaks the log (the turn goes on, unresumable).
@@ -80,6 +83,14 @@ class LogWriter:
         self._pending.extend(frames)
         self._wake.set()
 
+    def _takes_at_once(self) -> bool:
+        """Whether the store takes frames without waiting (probed with an empty batch)."""
+        try:
+            return self.store.log_append_nowait(self.turn_id, [])
+        except Exception as exc:  # the log is gone: nothing more can be written
+            self._break(exc)
+            return True
+
     def _break(self, exc: BaseException) -> None:
         self.broken = exc
         self._pending.clear()
@@ -104,6 +115,8 @@ class LogWriter:
             if not self._pending:
                 if self._closed or self.broken is not None:
                     return
+                if self._takes_at_once():
+                    return  # every later frame goes in at once, in the caller's task: this task has nothing to do
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue

@@ -20,6 +20,7 @@ never waited for) and hands it to the live client, if one is attached.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 
 import anyio
@@ -27,7 +28,7 @@ import attrs
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from pipeline.compose import open_flow
+from pipeline.compose import run_flow
 from pipeline.events import TERMINAL_TYPES, Event, Keepalive
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
@@ -71,6 +72,69 @@ class TurnFramer:
 
     def finish(self) -> list[LogFrame]:
         return []
+
+
+class _Handout:
+    """The runner's sink: each event framed once, appended to the log, handed to the live client.
+
+    ``send_nowait`` takes an event only when its frame can go on at once (the live client
+    is waiting, or nobody reads live); otherwise it declines (:class:`anyio.WouldBlock`)
+    and the event waits in the throttle, which merges text meanwhile.  The terminal
+    frame is logged but kept as ``last`` (the runner hands it out after the agent is
+    released) and ``on_last`` is called; anything after it is dropped.
+    """
+
+    def __init__(self, runner: TurnRunner, framer: TurnFramer) -> None:
+        self._runner = runner
+        self._framer = framer
+        self.last: LogFrame | None = None
+        self.on_last: Callable[[], object] | None = None
+
+    def _frames(self, event: Event) -> list[LogFrame]:
+        """``event``'s frames, logged; the terminal one is kept back."""
+        if self.last is not None:
+            return []
+        frames = self._framer.feed(event)
+        runner = self._runner
+        runner.seq = self._framer.seq
+        if not frames:
+            return frames
+        if runner.writer is not None:
+            runner.writer.extend(frames)
+        if frames[-1].last:
+            self.last = frames.pop()
+            if self.on_last is not None:
+                self.on_last()
+        return frames
+
+    def send_nowait(self, event: Event) -> None:
+        live = self._runner.live
+        if live is not None and self.last is None:
+            stats = live.statistics()
+            if stats.open_receive_streams and not (
+                stats.tasks_waiting_receive or stats.current_buffer_used < stats.max_buffer_size
+            ):
+                raise anyio.WouldBlock
+        frames = self._frames(event)
+        if frames and live is not None:
+            try:
+                live.send_nowait(frames)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._runner.live = None  # the client went away; its connection reports the detach
+
+    async def send(self, event: Event) -> None:
+        frames = self._frames(event)
+        if frames and self._runner.live is not None:
+            await self._runner._hand_out(frames)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Handout:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @attrs.define(eq=False)
@@ -131,31 +195,20 @@ class TurnRunner:
     async def _pump(self, tg: TaskGroup) -> LogFrame | None:
         """Frames out until the turn's terminal event; that frame (logged, not yet handed out), if reached.
 
-        One flow, two tasks: the source (which maps each chunk and pushes the events into
-        the throttle) and the throttle's writer; framing runs fused in this task, on every
-        batch the throttle has ready — one log append and one hand-out per batch.
+        One flow, one task of its own: the source maps each chunk and pushes the events into
+        the throttle; the throttle's writer runs in this task and writes into a
+        :class:`_Handout`, which frames, logs and hands out each event — and takes an event
+        that is due at once straight from the source's task when the live client can take
+        its frame at once (no wake-up of this task).
         """
         # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output
         self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)
         source = partial(letta_source, self.turn, abandon=_keep_running)
-        framer = TurnFramer(self.turn_id, self.seq)
-        async with open_flow(source, self.mapper, Throttle(self.window, leading=self.leading), framer) as frames:
-            while True:
-                try:
-                    batch: list[LogFrame] = await frames.receive_ready()
-                except anyio.EndOfStream:
-                    return None
-                self.seq = framer.seq
-                if not batch:
-                    continue
-                if self.writer is not None:
-                    self.writer.extend(batch)
-                last = batch[-1] if batch[-1].last else None
-                out = batch[:-1] if last is not None else batch
-                if out and self.live is not None:
-                    await self._hand_out(out)
-                if last is not None:
-                    return last
+        handout = _Handout(self, TurnFramer(self.turn_id, self.seq))
+        with anyio.CancelScope() as reading:
+            handout.on_last = reading.cancel  # the terminal frame ends the reading
+            await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout)
+        return handout.last
 
     async def _hand_out(self, frames: list[LogFrame]) -> None:
         assert self.live is not None

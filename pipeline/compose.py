@@ -17,6 +17,10 @@ marks asynchronous boundaries:
   behind (:class:`~pipeline.streams.BatchSend`), bounded by ``batch`` items; the caller
   can take everything ready at once with ``receive_ready()`` (one HTTP write for many frames).
 
+:func:`run_flow` is the same composition for a consumer that is a send end (a *sink*)
+rather than a reader: no last link and no reader, and the last stage or boundary runs in
+the caller's own task, writing straight into the sink.
+
 Leaving the context — normally, by an exception, or by cancellation (a client that
 went away) — cancels every stage still running and waits for it, so each closes its
 streams and the source closes what it reads.  An exception in any stage cancels the
@@ -163,3 +167,38 @@ async def open_flow(
                 yield out
             finally:
                 tg.cancel_scope.cancel()
+
+
+async def run_flow(source: Source, *parts: Stage | Feed | Boundary, sink: Send, batch: int = 64) -> None:
+    """Run ``source`` → ``parts`` into ``sink`` until the source ends; the last task is the caller's.
+
+    ``parts`` as for :func:`open_flow`, but no keepalive (there is no reader) and no pure
+    step after the last stage or boundary (fuse it into ``sink``).  The last stage or
+    boundary writes into ``sink`` from the caller's task; a boundary may also hand an item
+    to ``sink.send_nowait`` from its upstream's task (it raises :class:`anyio.WouldBlock`
+    when it cannot take one at once).  ``sink`` is closed when the flow ends.  An
+    exception in any part (or in ``sink``) cancels the others and is raised here; when the
+    caller's scope is cancelled, every part is cancelled and waited for.
+    """
+    if any(isinstance(part, IdleKeepalive) for part in parts):
+        raise ValueError("a keepalive needs a reader: use open_flow")
+    if parts and is_step(parts[-1]):
+        raise ValueError("a pure step after the last stage has no task to run in: fuse it into the sink")
+    async with anyio.create_task_group() as tg:
+        task: Callable[[Send], Awaitable[Any]] = source
+        steps: list[Feed] = []
+        for part in parts:
+            if is_step(part):
+                steps.append(part)  # type: ignore[arg-type]
+            elif isinstance(part, Boundary):
+                send_end, drain = part.open(fuse(*steps) if steps else None)
+                tg.start_soon(task, send_end)  # type: ignore[arg-type]
+                task, steps = drain, []
+            else:
+                send, raw = anyio.create_memory_object_stream[Any](1)
+                tg.start_soon(task, BatchSend(send, batch))  # type: ignore[arg-type]
+                stage: Stage = part  # type: ignore[assignment]
+                step = fuse(*steps) if steps else None
+                task, steps = partial(stage, BatchReceive(raw, step=step)), []
+        with sink:
+            await task(sink)  # returns once its input ended: the parts before it end (and clean up) on their own

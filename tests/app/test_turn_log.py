@@ -96,3 +96,30 @@ async def test_a_conflicting_frame_breaks_only_the_log() -> None:
     assert writer.broken is not None
     writer.extend([LogFrame(2, b"b")])  # dropped, never raises: the live stream goes on
     assert [f.data for f in await store.log_read("t1", 0)] == [b"someone else"]
+
+
+async def test_with_a_store_in_this_process_the_writers_task_ends_once_the_log_is_open() -> None:
+    store = MemoryStore()
+    writer = LogWriter(store, "t1", opening=(LogMeta("t1", "agent"), 60.0))
+    writer.append(LogFrame(1, b"a"))
+    with anyio.fail_after(5):
+        await writer.run()  # not closed, yet it returns: nothing is left for it to do
+    writer.append(LogFrame(2, b"b"))
+    assert [f.seq for f in await store.log_read("t1", 0)] == [1, 2]
+    writer.close()
+    with anyio.fail_after(5):
+        await writer.run()
+    assert (writer.appended, writer.broken) == (2, None)
+
+
+async def test_with_a_remote_store_the_writers_task_waits_until_closed() -> None:
+    store = _Remote()
+    writer = LogWriter(store, "t1", opening=(LogMeta("t1", "agent"), 60.0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        await anyio.sleep(0.05)
+        writer.append(LogFrame(1, b"a"))
+        await anyio.sleep(0.05)
+        assert [f.seq for f in await store.log_read("t1", 0)] == [1]  # written by the still running task
+        writer.close()
+    assert writer.broken is None

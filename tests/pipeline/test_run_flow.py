@@ -1,0 +1,131 @@
+"""run_flow: a flow driven into a sink, its last task being the caller's — order, no loss, where each
+item is handled, errors and cancellation, under asyncio and trio."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from pipeline.compose import run_flow
+from pipeline.events import Done, Text
+from pipeline.keepalive import IdleKeepalive
+from pipeline.source import read_source
+from pipeline.streams import Receive, Send
+from pipeline.throttle import Throttle
+
+from .fakes import FakeStream, endless
+
+pytestmark = pytest.mark.anyio
+
+
+class Sink:
+    """Records what it is sent, from which task, and how (``nowait``: whether it takes items at once)."""
+
+    def __init__(self, *, nowait: bool) -> None:
+        self.nowait = nowait
+        self.items: list[Any] = []
+        self.tasks: list[tuple[str, Any]] = []
+        self.closed = False
+
+    def send_nowait(self, item: Any) -> None:
+        if not self.nowait:
+            raise anyio.WouldBlock
+        self.items.append(item)
+        self.tasks.append(("nowait", anyio.get_current_task().id))
+
+    async def send(self, item: Any) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.items.append(item)
+        self.tasks.append(("send", anyio.get_current_task().id))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def relay(recv: Receive, send: Send) -> None:
+    with send, recv:
+        async for item in recv:
+            await send.send(item)
+
+
+class Upper:
+    def feed(self, item: Any) -> list[Any]:
+        return [item.upper()]
+
+    def finish(self) -> list[Any]:
+        return []
+
+
+async def test_a_stage_last_writes_every_item_in_order_from_the_callers_task() -> None:
+    sink = Sink(nowait=True)
+    await run_flow(partial(read_source, FakeStream(["a", "b", "c"])), Upper(), relay, sink=sink)
+    assert sink.items == ["A", "B", "C"]
+    me = anyio.get_current_task().id
+    assert {task for _, task in sink.tasks} == {me}  # the last stage ran here, not in a task of its own
+    assert sink.closed
+
+
+@pytest.mark.parametrize("nowait", [True, False])
+async def test_a_throttle_last_loses_nothing_whether_or_not_the_sink_takes_items_at_once(nowait: bool) -> None:
+    events = [Text(f"w{i} ") for i in range(50)] + [Done()]
+    sink = Sink(nowait=nowait)
+    await run_flow(partial(read_source, FakeStream(events)), Throttle(0.0), sink=sink)
+    assert "".join(e.content for e in sink.items if isinstance(e, Text)) == "".join(e.content for e in events[:-1])
+    assert isinstance(sink.items[-1], Done)
+    assert sink.closed
+    if not nowait:
+        assert {how for how, _ in sink.tasks} == {"send"}
+
+
+async def test_an_event_due_at_once_goes_to_a_ready_sink_from_the_sources_task() -> None:
+    async def slow_source(send: Send) -> None:
+        with send:
+            for event in (Text("hi"), Done()):
+                await anyio.sleep(0.05)  # the writer is waiting, holding nothing
+                await send.send(event)
+
+    sink = Sink(nowait=True)
+    await run_flow(slow_source, Throttle(0.05), sink=sink)
+    assert [type(e) for e in sink.items] == [Text, Done]
+    me = anyio.get_current_task().id
+    assert all(how == "nowait" and task != me for how, task in sink.tasks)
+
+
+async def test_a_failing_sink_cancels_the_source_and_raises() -> None:
+    stream = endless("a")
+
+    class Failing(Sink):
+        async def send(self, item: Any) -> None:
+            raise RuntimeError("sink broke")
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await run_flow(partial(read_source, stream), relay, sink=Failing(nowait=False))
+    assert caught.group_contains(RuntimeError, match="sink broke")
+    assert stream.closed
+
+
+async def test_cancelling_the_caller_cancels_every_part_and_closes_the_sink() -> None:
+    stream = endless("a")
+    sink = Sink(nowait=False)
+    with anyio.move_on_after(0.2):
+        await run_flow(partial(read_source, stream), relay, sink=sink)
+    assert stream.closed
+    assert sink.closed
+    assert sink.items
+
+
+async def test_what_has_no_task_to_run_in_is_refused() -> None:
+    with pytest.raises(ValueError, match="fuse it into the sink"):
+        await run_flow(partial(read_source, FakeStream(["a"])), relay, Upper(), sink=Sink(nowait=True))
+    with pytest.raises(ValueError, match="keepalive"):
+        await run_flow(partial(read_source, FakeStream(["a"])), IdleKeepalive(1.0), sink=Sink(nowait=True))
