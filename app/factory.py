@@ -11,6 +11,8 @@ from letta_client import AsyncLetta
 from quart import Quart
 from werkzeug.exceptions import HTTPException
 
+from pipeline.stop import Stop
+
 from .agent_types import AgentTypes, load_agent_types
 from .agents import AgentRegistry
 from .auth import install_auth
@@ -99,7 +101,7 @@ def create_app(
     @app.before_serving
     async def start_background() -> None:
         shutdown = cast(asyncio.Event, app.shutdown_event)  # Quart types it as a Protocol without wait()
-        svc.draining = anyio.Event()  # made on the serving loop
+        svc.draining = Stop()  # a fresh one for each time the app serves
         host.stopped = anyio.Event()
         # the cancel queue outlives the host: turns still ending at shutdown may cancel runs
         app.add_background_task(canceller.run, host.stopped.wait)

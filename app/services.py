@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-import anyio
 import attrs
 from letta_client import AsyncLetta
 from quart import current_app, request
+
+from pipeline.stop import Stop
 
 from .agents import AgentRegistry
 from .bodies import parse_body
@@ -42,7 +43,7 @@ class Services:
         default=attrs.Factory(lambda self: ConversationIndex(self.client), takes_self=True)
     )
     """OpenWebUI chat → Letta conversation (:mod:`app.conversations`)."""
-    draining: anyio.Event = attrs.Factory(anyio.Event)
+    draining: Stop = attrs.Factory(Stop)
     """Set when the server is stopping: open streams end (resumably), new ones are refused."""
     _next: int = 0
 

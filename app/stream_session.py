@@ -35,6 +35,7 @@ from pipeline.errors import ConsumerStalled
 from pipeline.events import Error
 from pipeline.source import read_source
 from pipeline.sse import SSEEncoder
+from pipeline.stop import Stop
 from pipeline.streams import Send
 
 from .frame_ids import FrameId
@@ -65,7 +66,7 @@ class StreamSession:
     control: AsyncLetta | None = None
     """The client a takeover reads Letta's run with."""
     letta_timeout: float = 300.0
-    draining: anyio.Event | None = None
+    draining: Stop | None = None
     resumed: bool = False
     started: float = attrs.field(factory=time.monotonic)
     first_event: float | None = None

@@ -509,10 +509,12 @@ class Pipe:
                 turn.ended = True
                 yield content_chunk(friendly_error("The connection to the tutor was interrupted. Please try again."))
                 await turn.say("Interrupted", done=True)
-        except asyncio.CancelledError:
-            # The stop button (OpenWebUI cancels us inside the httpx read).  First a final, visible status, so
-            # the partial answer is marked as stopped rather than looking finished (and no "Thinking..." stays);
-            # then stop the turn itself, not just our reading.  Both shielded: we are being cancelled.
+        except (asyncio.CancelledError, GeneratorExit):
+            # The stop button: OpenWebUI cancels the task reading us — inside our httpx read (CancelledError
+            # here), or while it handles a chunk we yielded, and then closes us at that yield (GeneratorExit).
+            # First a final, visible status, so the partial answer is marked as stopped rather than looking
+            # finished (and no "Thinking..." stays); then stop the turn itself, not just our reading.  Both
+            # shielded: we are being cancelled.
             if emit is not None and not turn.ended:
                 await asyncio.shield(emit(status("Stopped", done=True)))
             if agent_id is not None and not turn.ended:

@@ -37,6 +37,7 @@ from .content import Image, letta_input
 from .events import Error
 from .letta_raw import RawLettaStream, open_raw_stream
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
+from .stop import Stop
 from .streams import Send
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ async def letta_source(
     *,
     cancel_timeout: float = CLOSE_TIMEOUT,
     abandon: Abandon | None = None,
-    stop: anyio.Event | None = None,
+    stop: Stop | None = None,
 ) -> None:
     """Read ``turn`` into ``send``; unless it was read to the end, abandon it; close it.
 

@@ -7,7 +7,6 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
-import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .compose import open_flow, open_pipeline
@@ -17,6 +16,7 @@ from .keepalive import IdleKeepalive, keepalive
 from .letta_map import LettaMapper
 from .letta_turn import Abandon, LettaTurn, letta_source
 from .sse import SSEEncoder
+from .stop import Stop
 from .streams import Feed, Receive, Stage
 from .tap import Observe, tap
 from .throttle import Throttle, throttle
@@ -59,7 +59,7 @@ def letta_sse(
     observe: Callable[[Any], object] | None = None,
     cancel_timeout: float = 5.0,
     abandon: Abandon | None = None,
-    stop: anyio.Event | None = None,
+    stop: Stop | None = None,
     buffer: int = 1,
     batch: int = DEFAULT_BATCH,
 ) -> AbstractAsyncContextManager[Receive]:
@@ -95,7 +95,7 @@ def letta_sse_tasks(
     observe: Callable[[Any], object] | None = None,
     cancel_timeout: float = 5.0,
     abandon: Abandon | None = None,
-    stop: anyio.Event | None = None,
+    stop: Stop | None = None,
     buffer: int = 1,
 ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
     """The same chain with a task per stage and one-item links (the unfused form, for comparison)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from .stop import Stop
 from .streams import Send
 
 CLOSE_TIMEOUT = 5.0
@@ -37,7 +38,7 @@ async def read_source(
     send: Send,
     *,
     on_error: Callable[[Exception], Any] | None = None,
-    stop: anyio.Event | None = None,
+    stop: Stop | None = None,
     on_stop: Callable[[], Any] | None = None,
 ) -> bool:
     """Send every item of ``items``; return ``True`` if it was read to its end.
@@ -53,10 +54,8 @@ async def read_source(
             if stop is None:
                 return await _pump(items, send, on_error)
             finished: bool | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_when_set, stop, tg.cancel_scope)
+            with stop.watching():  # no task: setting the stop cancels this scope
                 finished = await _pump(items, send, on_error)
-                tg.cancel_scope.cancel()
             if finished is None:  # `stop` cancelled the reading
                 if on_stop is not None:
                     await send.send(on_stop())
@@ -80,8 +79,3 @@ async def _pump(items: AsyncIterable[Any], send: Send, on_error: Callable[[Excep
         await send.send(on_error(exc))
         return False
     return True
-
-
-async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

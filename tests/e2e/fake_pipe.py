@@ -67,8 +67,9 @@ class Pipe:
             for piece in answer_parts(chunks):
                 await asyncio.sleep(delay)
                 yield {"choices": [{"delta": {"content": piece}}]}
-        except asyncio.CancelledError:
-            # The stop button cancels the request task; clear the status line, then let it propagate.
+        except (asyncio.CancelledError, GeneratorExit):
+            # The stop button cancels the request task (inside our sleep, or while OpenWebUI handles a chunk we
+            # yielded, and then we are closed at that yield); clear the status line, then let it propagate.
             await status("Stopped", True, hidden=True)
             raise
         await status("Done", True, hidden=True)

@@ -53,13 +53,19 @@ async def run_pipe(
     show_reasoning: bool = True,
     user_id: str = "student-1",
     stop_after_chunks: int | None = None,
+    stop_between_chunks: bool = False,
     chat_id: str = "chat-1",
     metadata: dict[str, Any] | None = None,
     model: str = "letta_tutor",
     content: Any = None,
     files: list[dict[str, Any]] | None = None,
 ) -> Outcome:
-    """One call of the pipe; ``content`` replaces the user message's content (e.g. a list of parts)."""
+    """One call of the pipe; ``content`` replaces the user message's content (e.g. a list of parts).
+
+    ``stop_after_chunks``: the stop button after that many chunks, landing inside the pipe's read of
+    the next one; with ``stop_between_chunks`` it lands while the reader handles the last chunk
+    instead, and the generator is then closed at its ``yield`` (as OpenWebUI's task ends).
+    """
     outcome = Outcome()
 
     async def emitter(event: dict[str, Any]) -> None:
@@ -86,6 +92,8 @@ async def run_pipe(
             outcome.chunks.append(chunk)
             if stop_after_chunks is not None and len(outcome.chunks) >= stop_after_chunks:
                 enough.set()
+                if stop_between_chunks:
+                    await asyncio.sleep(60)  # the reader's own work on the chunk: the stop lands here
 
     # OpenWebUI's stop button calls task.cancel() on the task reading the generator: do the same
     task = asyncio.create_task(consume())
@@ -96,4 +104,6 @@ async def run_pipe(
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if stop_between_chunks:
+        await result.aclose()
     return outcome

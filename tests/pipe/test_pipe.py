@@ -193,6 +193,16 @@ async def test_the_stop_button_asks_the_service_to_cancel_the_turn(scripted: Ser
     assert calls[-1] == ("cancel", {"agent_id": "agent-student-1", "user_id": "student-1"})
 
 
+async def test_a_stop_that_lands_between_chunks_still_marks_the_answer_and_stops_the_turn(
+    scripted: ServiceThread, calls: list[Any]
+) -> None:
+    """OpenWebUI's task may be cancelled while it handles a chunk: the pipe is then closed at its yield."""
+    outcome = await run_pipe(make_pipe(scripted.url), "stop-me", stop_after_chunks=2, stop_between_chunks=True)
+    assert len(outcome.chunks) == 2
+    assert outcome.statuses[-1] == status("Stopped", done=True)
+    assert calls[-1] == ("cancel", {"agent_id": "agent-student-1", "user_id": "student-1"})
+
+
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000d49444154789c6360f8cfc0f01f0005ff02fea36b8a6c0000000049454e44ae426082"

@@ -16,6 +16,7 @@ from pipeline.keepalive import keepalive
 from pipeline.letta_turn import letta_source
 from pipeline.source import read_source
 from pipeline.sse import decode_events
+from pipeline.stop import Stop
 from pipeline.streams import Receive, Send
 from pipeline.throttle import throttle
 
@@ -283,7 +284,7 @@ async def test_tap_sees_every_event_in_order_and_passes_it_on() -> None:
 async def test_stop_ends_reading_with_a_last_item_and_closes_the_source() -> None:
     gate = anyio.Event()  # the source stays idle: only `stop` can end it
     stream = FakeStream([Text("never")], gate=gate)
-    stop = anyio.Event()
+    stop = Stop()
     source = partial(read_source, stream, stop=stop, on_stop=lambda: Error("bye", "shutting_down"))
     with anyio.fail_after(10):
         async with open_pipeline(source) as recv:
@@ -294,7 +295,7 @@ async def test_stop_ends_reading_with_a_last_item_and_closes_the_source() -> Non
 
 async def test_stop_never_set_changes_nothing() -> None:
     items = [Text("a"), Text("b")]
-    async with open_pipeline(partial(read_source, FakeStream(items), stop=anyio.Event())) as recv:
+    async with open_pipeline(partial(read_source, FakeStream(items), stop=Stop())) as recv:
         assert await collect(recv) == items
 
 
@@ -302,7 +303,7 @@ async def test_stopped_letta_turn_ends_with_shutting_down_and_is_abandoned() -> 
     from pipeline.letta_turn import SHUTTING_DOWN
 
     turn = FakeTurn(FakeStream([c.assistant("x")], gate=anyio.Event()))
-    stop = anyio.Event()
+    stop = Stop()
     stop.set()
     async with open_pipeline(partial(letta_source, turn, stop=stop), filter_letta) as recv:  # type: ignore[arg-type]
         events = await collect(recv)
