@@ -35,6 +35,7 @@ from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .events import Keepalive
@@ -119,6 +120,43 @@ class Boundary(Protocol):
     def open(self, step: Feed | None) -> tuple[Send, Callable[[Send], Awaitable[Any]]]: ...
 
 
+Task = Callable[[Send], Awaitable[Any]]
+
+
+def _reader(raw: MemoryObjectReceiveStream[Any], steps: list[Feed], idle: IdleKeepalive | None) -> BatchReceive:
+    """The reading end of a link: ``steps`` fused into it, and ``idle``'s timer if there is one."""
+    step = fuse(*steps) if steps else None
+    if idle is None:
+        return BatchReceive(raw, step=step)
+    return BatchReceive(raw, step=step, idle=idle.interval, on_idle=Keepalive)
+
+
+def _wire(
+    tg: TaskGroup, source: Source, parts: tuple[Stage | Feed | Boundary | IdleKeepalive, ...], batch: int
+) -> tuple[Task, list[Feed], IdleKeepalive | None]:
+    """Start every task but the last in ``tg``; the last one, and the steps and keepalive after it."""
+    task: Task = source
+    steps: list[Feed] = []
+    idle: IdleKeepalive | None = None
+    for part in parts:
+        if isinstance(part, IdleKeepalive):
+            idle = part
+        elif is_step(part):
+            steps.append(part)  # type: ignore[arg-type]
+        elif isinstance(part, Boundary):
+            if idle is not None:
+                raise ValueError("a keepalive must be read by a stage or the caller, not by a boundary")
+            send_end, drain = part.open(fuse(*steps) if steps else None)
+            tg.start_soon(task, send_end)  # type: ignore[arg-type]
+            task, steps = drain, []
+        else:
+            send, raw = anyio.create_memory_object_stream[Any](1)
+            tg.start_soon(task, BatchSend(send, batch))  # type: ignore[arg-type]
+            stage: Stage = part  # type: ignore[assignment]
+            task, steps, idle = partial(stage, _reader(raw, steps, idle)), [], None
+    return task, steps, idle
+
+
 @asynccontextmanager
 async def open_flow(
     source: Source, *parts: Stage | Feed | Boundary | IdleKeepalive, batch: int = 64, send_timeout: float | None = None
@@ -134,35 +172,10 @@ async def open_flow(
     ``async for`` and ``receive_ready()`` (all items ready now, as a list).
     """
     async with anyio.create_task_group() as tg:
-        task: Callable[[Send], Awaitable[Any]] = source
-        steps: list[Feed] = []
-        idle: IdleKeepalive | None = None
-
-        def reader(raw: MemoryObjectReceiveStream[Any]) -> BatchReceive:
-            step = fuse(*steps) if steps else None
-            if idle is None:
-                return BatchReceive(raw, step=step)
-            return BatchReceive(raw, step=step, idle=idle.interval, on_idle=Keepalive)
-
-        for part in parts:
-            if isinstance(part, IdleKeepalive):
-                idle = part
-            elif is_step(part):
-                steps.append(part)  # type: ignore[arg-type]
-            elif isinstance(part, Boundary):
-                if idle is not None:
-                    raise ValueError("a keepalive must be read by a stage or the caller, not by a boundary")
-                send_end, drain = part.open(fuse(*steps) if steps else None)
-                tg.start_soon(task, send_end)  # type: ignore[arg-type]
-                task, steps = drain, []
-            else:
-                send, raw = anyio.create_memory_object_stream[Any](1)
-                tg.start_soon(task, BatchSend(send, batch))  # type: ignore[arg-type]
-                stage: Stage = part  # type: ignore[assignment]
-                task, steps, idle = partial(stage, reader(raw)), [], None
+        task, steps, idle = _wire(tg, source, parts, batch)
         send, raw = anyio.create_memory_object_stream[Any](1)
         tg.start_soon(task, BatchSend(send, batch, timeout=send_timeout))  # type: ignore[arg-type]
-        with reader(raw) as out:
+        with _reader(raw, steps, idle) as out:
             try:
                 yield out
             finally:
@@ -185,20 +198,6 @@ async def run_flow(source: Source, *parts: Stage | Feed | Boundary, sink: Send, 
     if parts and is_step(parts[-1]):
         raise ValueError("a pure step after the last stage has no task to run in: fuse it into the sink")
     async with anyio.create_task_group() as tg:
-        task: Callable[[Send], Awaitable[Any]] = source
-        steps: list[Feed] = []
-        for part in parts:
-            if is_step(part):
-                steps.append(part)  # type: ignore[arg-type]
-            elif isinstance(part, Boundary):
-                send_end, drain = part.open(fuse(*steps) if steps else None)
-                tg.start_soon(task, send_end)  # type: ignore[arg-type]
-                task, steps = drain, []
-            else:
-                send, raw = anyio.create_memory_object_stream[Any](1)
-                tg.start_soon(task, BatchSend(send, batch))  # type: ignore[arg-type]
-                stage: Stage = part  # type: ignore[assignment]
-                step = fuse(*steps) if steps else None
-                task, steps = partial(stage, BatchReceive(raw, step=step)), []
+        task, _, _ = _wire(tg, source, parts, batch)
         with sink:
             await task(sink)  # returns once its input ended: the parts before it end (and clean up) on their own
