@@ -84,11 +84,11 @@ class _Handout:
     released) and ``on_last`` is called; anything after it is dropped.
     """
 
-    def __init__(self, runner: TurnRunner, framer: TurnFramer) -> None:
+    def __init__(self, runner: TurnRunner, framer: TurnFramer, on_last: Callable[[], object]) -> None:
         self._runner = runner
         self._framer = framer
+        self._on_last = on_last
         self.last: LogFrame | None = None
-        self.on_last: Callable[[], object] | None = None
 
     def _frames(self, event: Event) -> list[LogFrame]:
         """``event``'s frames, logged; the terminal one is kept back."""
@@ -103,8 +103,7 @@ class _Handout:
             runner.writer.extend(frames)
         if frames[-1].last:
             self.last = frames.pop()
-            if self.on_last is not None:
-                self.on_last()
+            self._on_last()
         return frames
 
     def send_nowait(self, event: Event) -> None:
@@ -204,9 +203,8 @@ class TurnRunner:
         # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output
         self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)
         source = partial(letta_source, self.turn, abandon=_keep_running)
-        handout = _Handout(self, TurnFramer(self.turn_id, self.seq))
-        with anyio.CancelScope() as reading:
-            handout.on_last = reading.cancel  # the terminal frame ends the reading
+        with anyio.CancelScope() as reading:  # the terminal frame ends the reading
+            handout = _Handout(self, TurnFramer(self.turn_id, self.seq), on_last=reading.cancel)
             await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout)
         return handout.last
 

@@ -19,6 +19,7 @@ from pipeline.events import Done
 from tests.conftest import SERVICE_TOKEN
 from tests.scripted_llm import DEFAULT_ANSWER, expected_answer
 
+from .service_api import new_agent
 from .test_resume import read, text
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -28,11 +29,9 @@ def unique(word: str) -> str:
     return f"{word}-{uuid.uuid4().hex[:8]}"
 
 
-async def new_agent(http: httpx.AsyncClient, name: str = "Ada") -> str:
-    response = await http.post("/agents", json={"user_id": unique("conv-student"), "user_name": name})
-    assert response.status_code in (200, 201), response.text
-    agent_id: str = response.json()["agent_id"]
-    return agent_id
+async def new_student(http: httpx.AsyncClient, name: str = "Ada") -> str:
+    """A new student's agent (a fresh user id each time)."""
+    return await new_agent(http, unique("conv-student"), user_name=name)
 
 
 def model_requests(letta_stack: LocalStack, marker: str) -> list[str]:
@@ -62,7 +61,7 @@ async def runs_of(letta_stack: LocalStack, agent_id: str) -> list[Any]:
 async def test_two_chats_are_two_conversations_that_share_memory_but_not_messages(
     http: httpx.AsyncClient, letta_stack: LocalStack
 ) -> None:
-    agent_id = await new_agent(http, "Grace Hopper")
+    agent_id = await new_student(http, "Grace Hopper")
     alpha, beta, plain = unique("alpha"), unique("beta"), unique("plain")
     for message, chat in ((alpha, "chat-A"), (beta, "chat-B"), (plain, None)):
         events, _ = await read(http, {"agent_id": agent_id, "message": message, "chat_id": chat})
@@ -98,7 +97,7 @@ async def test_two_chats_are_two_conversations_that_share_memory_but_not_message
 async def test_a_dropped_stream_resumes_inside_its_conversation(
     http: httpx.AsyncClient, letta_stack: LocalStack
 ) -> None:
-    agent_id = await new_agent(http)
+    agent_id = await new_student(http)
     prompt = "[long 150] [slow 20] a long story " + unique("resume")
     body = {"agent_id": agent_id, "message": prompt, "chat_id": "chat-R", "user_message_id": "u-r1"}
     first, last_id = await read(http, body, stop_at_chars=40)
@@ -111,7 +110,7 @@ async def test_a_dropped_stream_resumes_inside_its_conversation(
 
 
 async def test_cancel_stops_the_conversations_run(http: httpx.AsyncClient, letta_stack: LocalStack) -> None:
-    agent_id = await new_agent(http)
+    agent_id = await new_student(http)
     body = {"agent_id": agent_id, "message": "[long 400] [slow 30] go", "chat_id": "chat-C"}
     events: list[Any] = []
     async with anyio.create_task_group() as tg:
@@ -142,7 +141,7 @@ async def test_cancel_stops_the_conversations_run(http: httpx.AsyncClient, letta
 
 
 async def test_regenerate_and_edit_are_told_to_the_agent(http: httpx.AsyncClient, letta_stack: LocalStack) -> None:
-    agent_id = await new_agent(http)
+    agent_id = await new_student(http)
     question, edited, follow = unique("question"), unique("edited"), unique("follow")
     turn = {"agent_id": agent_id, "chat_id": "chat-G"}
     for body in (

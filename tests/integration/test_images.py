@@ -18,6 +18,8 @@ from pipeline.events import Done
 from pipeline.sse import decode_events
 from tests.scripted_llm import expected_answer, received_images
 
+from .service_api import new_agent
+
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 PNG = bytes.fromhex(
@@ -33,13 +35,6 @@ def b64(raw: bytes) -> str:
 
 def request_log(stack: LocalStack) -> Any:
     return stack.logs_dir / "llm-requests.jsonl"
-
-
-async def new_agent(http: httpx.AsyncClient, user_id: str) -> str:
-    response = await http.post("/agents", json={"user_id": user_id})
-    assert response.status_code in (200, 201), response.text
-    agent_id: str = response.json()["agent_id"]
-    return agent_id
 
 
 async def test_pictures_reach_the_model_with_the_same_bytes_and_done_carries_usage(

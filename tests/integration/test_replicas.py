@@ -29,6 +29,8 @@ from tests.conftest import SERVICE_TOKEN
 from tests.pipe.harness import make_pipe
 from tests.scripted_llm import expected_answer
 
+from .service_api import new_agent
+
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 GRACE = 3.0
@@ -63,13 +65,6 @@ async def via(replicas: Replicas) -> AsyncIterator[dict[str, httpx.AsyncClient]]
     """Clients of the balancer ("lb") and of each replica directly ("a", "b")."""
     async with client(replicas.url) as lb, client(replicas.replica_urls[0]) as a, client(replicas.replica_urls[1]) as b:
         yield {"lb": lb, "a": a, "b": b}
-
-
-async def new_agent(http: httpx.AsyncClient, user: str) -> str:
-    response = await http.post("/agents", json={"user_id": user})
-    assert response.status_code in (200, 201), response.text
-    agent_id: str = response.json()["agent_id"]
-    return agent_id
 
 
 async def read(

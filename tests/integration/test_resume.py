@@ -22,17 +22,12 @@ from tests.conftest import RESUME_GRACE, SERVICE_TOKEN
 from tests.pipe.harness import make_pipe
 from tests.scripted_llm import expected_answer
 
+from .service_api import new_agent
 from .tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 PROMPT = "[long 150] [slow 20] tell me a long story"
-
-
-async def new_agent(http: httpx.AsyncClient, user: str) -> str:
-    response = await http.post("/agents", json={"user_id": user})
-    agent_id: str = response.json()["agent_id"]
-    return agent_id
 
 
 async def read(

@@ -18,14 +18,9 @@ from pipeline.events import Done, Error, Event, Reasoning, Status, Text, ToolCal
 from pipeline.sse import decode_events
 from tests.scripted_llm import REASONING, TOOL_NAME, expected_answer
 
+from .service_api import new_agent
+
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-async def new_agent(http: httpx.AsyncClient, user_id: str) -> str:
-    response = await http.post("/agents", json={"user_id": user_id, "user_name": "Test Student"})
-    assert response.status_code in (200, 201), response.text
-    agent_id: str = response.json()["agent_id"]
-    return agent_id
 
 
 async def stream_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[Event]:
@@ -59,14 +54,14 @@ async def test_concurrent_creation_makes_one_agent_in_letta(http: httpx.AsyncCli
 
 
 async def test_chat_returns_the_scripted_reply(http: httpx.AsyncClient) -> None:
-    agent_id = await new_agent(http, "chat-student")
+    agent_id = await new_agent(http, "chat-student", user_name="Test Student")
     response = await http.post("/chat", json={"agent_id": agent_id, "message": "Hello tutor"})
     assert response.status_code == 200, response.text
     assert response.json()["response"] == expected_answer("Hello tutor")
 
 
 async def test_stream_thinks_uses_a_tool_and_answers_in_order(http: httpx.AsyncClient) -> None:
-    agent_id = await new_agent(http, "stream-student")
+    agent_id = await new_agent(http, "stream-student", user_name="Test Student")
     prompt = "[think] [tool] Can you find what we discussed?"
     events = await stream_events(http, {"agent_id": agent_id, "message": prompt})
     kinds = [type(e).__name__ for e in events]
@@ -83,7 +78,7 @@ async def test_stream_thinks_uses_a_tool_and_answers_in_order(http: httpx.AsyncC
 
 
 async def test_message_level_mode_still_works(http: httpx.AsyncClient) -> None:
-    agent_id = await new_agent(http, "message-level-student")
+    agent_id = await new_agent(http, "message-level-student", user_name="Test Student")
     body = {"agent_id": agent_id, "message": "plain", "stream_tokens": False, "enable_thinking": False}
     events = await stream_events(http, body)
     assert "".join(e.content for e in events if isinstance(e, Text)) == expected_answer("plain")
@@ -91,7 +86,7 @@ async def test_message_level_mode_still_works(http: httpx.AsyncClient) -> None:
 
 
 async def test_model_failure_becomes_an_error_event(http: httpx.AsyncClient) -> None:
-    agent_id = await new_agent(http, "fail-student")
+    agent_id = await new_agent(http, "fail-student", user_name="Test Student")
     events = await stream_events(http, {"agent_id": agent_id, "message": "[fail] please"})
     assert isinstance(events[-1], Error), events
     assert not any(isinstance(e, Done) for e in events)
