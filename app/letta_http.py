@@ -22,53 +22,92 @@ from httpx_aiohttp import AiohttpTransport
 from .settings import LETTA_HTTP_KINDS
 
 
-def _renamed(exc: Exception) -> Exception:
-    """``exc`` as httpx's own transport would have raised it.
-
-    ``exc`` is httpx-aiohttp's ``ConnectTimeout`` (its cause is aiohttp's exception), or an
-    aiohttp error it does not map at all (a response that breaks HTTP/1.1)."""
-    cause = exc.__cause__ if isinstance(exc, httpx.ConnectTimeout) else exc
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(str(cause) or "connection refused")
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError(str(cause) or "server disconnected")
-    if isinstance(cause, aiohttp.ClientResponseError):  # not HTTP/1.1 as aiohttp parses it
-        return httpx.RemoteProtocolError(str(cause))
-    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
-        return httpx.ReadError(str(cause) or type(cause).__name__)
+def _renamed(exc: BaseException) -> BaseException:
+    """aiohttp's ``exc`` as httpx's own transport would have raised it (``exc`` itself if it is not aiohttp's)."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # sock_read (and sock_connect, as ConnectionTimeoutError)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return httpx.ConnectTimeout(str(exc) or "timed out connecting")
+        return httpx.ReadTimeout(str(exc) or "timed out reading")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc) or "connection refused")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(str(exc) or "server disconnected")
+    if isinstance(exc, aiohttp.ClientResponseError):  # not HTTP/1.1 as aiohttp parses it
+        return httpx.RemoteProtocolError(str(exc))
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.UnsupportedProtocol(str(exc))
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, aiohttp.ClientError)):
+        return httpx.ReadError(str(exc) or type(exc).__name__)
+    if isinstance(exc, TimeoutError):  # aiohttp's `connect` timeout: waiting for a connection of its pool
+        return httpx.PoolTimeout(str(exc) or "no connection became free in time")
     return exc
 
 
-_RENAMED = (httpx.ConnectTimeout, aiohttp.ClientError)
+class _Body(httpx.AsyncByteStream):
+    """An aiohttp response's body as httpx reads it: whatever arrived, as it arrives (one layer per chunk).
 
+    Failures while reading are renamed as :class:`LettaTransport` renames them.  ``aclose``
+    releases the response (its connection goes back to aiohttp's pool, or is closed).
+    """
 
-class _Stream(httpx.AsyncByteStream):
-    """A response body whose failures are renamed like :class:`LettaTransport`'s."""
-
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self._inner = inner
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
 
     async def __aiter__(self):  # type: ignore[no-untyped-def]  # an async generator: AsyncIterator[bytes]
         try:
-            async for chunk in self._inner:
+            async for chunk in self._response.content.iter_any():
                 yield chunk
-        except _RENAMED as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise _renamed(exc) from exc
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        self._response.release()
 
 
 class LettaTransport(AiohttpTransport):
-    """httpx-aiohttp's transport, failures named as httpx's own transport names them."""
+    """httpx's transport interface over aiohttp (httpx-aiohttp's pool), failures named as httpx names them.
+
+    The request goes out as httpx-aiohttp sends it (same timeouts: ``connect`` → aiohttp's
+    socket connect, ``read`` → its socket read, ``pool`` → waiting for a pooled connection),
+    through aiohttp's public API only; the body is one layer over aiohttp's reader.
+    """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        timeout = request.extensions.get("timeout", {})
+        data: bytes | httpx.AsyncByteStream | None
         try:
-            response = await super().handle_async_request(request)
-        except _RENAMED as exc:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            data = request.stream  # type: ignore[assignment]
+            request.headers.pop("transfer-encoding", None)  # aiohttp chunks it itself
+        try:
+            response = await self.client.request(
+                request.method,
+                str(request.url),
+                headers=request.headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"), sock_read=timeout.get("read"), connect=timeout.get("pool")
+                ),
+                server_hostname=request.extensions.get("sni_hostname"),
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise _renamed(exc) from exc
-        response.stream = _Stream(response.stream)  # type: ignore[arg-type]
-        return response
+        extensions: dict[str, object] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_Body(response),
+            request=request,
+            extensions=extensions,
+        )
 
 
 def transport(kind: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:

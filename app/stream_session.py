@@ -28,15 +28,13 @@ from typing import Final
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream
 from letta_client import AsyncLetta
 
 from pipeline.errors import ConsumerStalled
 from pipeline.events import Error
-from pipeline.source import read_source
+from pipeline.handoff import HandoffReceive
 from pipeline.sse import SSEEncoder
 from pipeline.stop import Stop
-from pipeline.streams import Send
 
 from .frame_ids import FrameId
 from .metrics import StreamMetrics
@@ -74,7 +72,7 @@ class StreamSession:
     ended: bool = False
     """The terminal frame went out: the client has nothing to resume."""
     error_code: str | None = None
-    _live: MemoryObjectReceiveStream[list[LogFrame]] | None = attrs.field(default=None, init=False)
+    _live: HandoffReceive[list[LogFrame]] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.metrics.start()
@@ -86,14 +84,10 @@ class StreamSession:
             self.turn_id,
         )
 
-    # ------------------------------------------------------------ sources
+    # ------------------------------------------------------------ frames
 
-    async def source(self, frames: AsyncIterator[bytes], send: Send) -> None:
-        """The body's source stage: ``frames`` until they end, the service drains, or another reader adopts."""
-        async with self.host.reading(self.reader):
-            await read_source(frames, send, stop=self.draining, on_stop=lambda: RESTARTING)
-
-    def _opening(self) -> bytes:
+    def opening(self) -> bytes:
+        """The stream's first chunk: ``retry:`` and, for a new turn, the id ``<turn id>:0``."""
         head = b"retry: %d\n" % RETRY_MS
         if not self.resumed:
             head += f"id: {FrameId(self.turn_id, 0)}\n".encode()
@@ -109,22 +103,18 @@ class StreamSession:
             if b"event: error" in frame.data[:200]:
                 self.error_code = "error"
 
-    def attach_live(self, recv: MemoryObjectReceiveStream[list[LogFrame]]) -> None:
+    def attach_live(self, recv: HandoffReceive[list[LogFrame]]) -> None:
         """Read the runner's frames from ``recv`` (owned now: closed by :meth:`finalize` at the latest)."""
         self._live = recv
 
-    async def live(self) -> AsyncIterator[bytes]:
-        """The runner's frames as it makes them.  Ends early (no terminal) if the runner was handed off."""
-        assert self._live is not None, "attach_live() first"
-        recv = self._live
-        yield self._opening()
-        with recv:
-            async for batch in recv:
-                for frame in batch:
-                    self._note(frame)
-                yield b"".join(f.data for f in batch)
-                if batch[-1].last:
-                    return
+    def render_live(self, batches: list[list[LogFrame]]) -> bytes:
+        """The runner's batches as one chunk, each frame counted (the terminal one marks the session ended)."""
+        data = []
+        for batch in batches:
+            for frame in batch:
+                self._note(frame)
+                data.append(frame.data)
+        return data[0] if len(data) == 1 else b"".join(data)
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The turn's log after frame ``after``, then live from the log until the terminal frame.
@@ -132,8 +122,8 @@ class StreamSession:
         Whenever it is caught up, it checks (at once the first time, then every
         :data:`FOLLOW_WAIT` seconds) that the turn is still served — else it is over, or
         its owner died and this process takes it over — and otherwise waits on the log.
+        (The opening, :meth:`opening`, is the body's to send.)
         """
-        yield self._opening()
         store = self.host.store
         wait = 0.0  # the first empty read checks the turn at once: a resume after the end must not wait
         while True:

@@ -34,6 +34,8 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from pipeline.stop import Cancellable
+
 from .cancels import RunCanceller
 from .metrics import StreamMetrics
 from .store import TurnStore
@@ -81,7 +83,7 @@ class TurnHost:
     metrics: StreamMetrics | None = None
     _tg: TaskGroup | None = attrs.field(default=None, init=False)
     _owned: dict[str, _Owned] = attrs.field(factory=dict, init=False)
-    _readers: dict[str, anyio.CancelScope] = attrs.field(factory=dict, init=False)
+    _readers: dict[str, Cancellable] = attrs.field(factory=dict, init=False)
     _idle: anyio.Event = attrs.field(factory=anyio.Event, init=False)
     stopped: anyio.Event = attrs.field(factory=anyio.Event, init=False)
     """Set once :meth:`run` returned: no turn runs here any more (the cancel queue may close then)."""
@@ -99,9 +101,9 @@ class TurnHost:
                 )
                 self.canceller.submit(effect.agent_id, effect.run_id)
             elif isinstance(effect, Superseded):
-                scope = self._readers.get(effect.reader)
-                if scope is not None:
-                    scope.cancel()
+                watcher = self._readers.get(effect.reader)
+                if watcher is not None:
+                    watcher.cancel()
         return transition
 
     async def apply_shielded(self, agent_id: str, event: Input, within: float = 5.0) -> Transition | None:
@@ -115,15 +117,14 @@ class TurnHost:
 
     # ------------------------------------------------------------ connections
 
-    @asynccontextmanager
-    async def reading(self, reader: str) -> AsyncIterator[anyio.CancelScope]:
-        """Register connection ``reader``: its scope is cancelled if another connection adopts its turn."""
-        with anyio.CancelScope() as scope:
-            self._readers[reader] = scope
-            try:
-                yield scope
-            finally:
-                self._readers.pop(reader, None)
+    def add_reader(self, reader: str, watcher: Cancellable) -> None:
+        """Register connection ``reader``: ``watcher.cancel()`` ends it if another connection adopts its turn."""
+        self._readers[reader] = watcher
+
+    def discard_reader(self, reader: str, watcher: Cancellable) -> None:
+        """Forget connection ``reader`` (if ``watcher`` is still the one registered for it)."""
+        if self._readers.get(reader) is watcher:
+            del self._readers[reader]
 
     # ------------------------------------------------------------ turns run here
 

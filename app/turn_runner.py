@@ -6,7 +6,7 @@ filter → throttle — then numbers each outgoing event, encodes it once as an 
 frame with the id ``<turn id>:<seq>``, appends the frame to the turn's log (batched,
 never waited for) and hands it to the live client, if one is attached.
 
-* The live client is a memory object stream of one frame: while the client reads
+* The live client is a hand-over (:mod:`pipeline.handoff`) of one batch: while the client reads
   slowly the throttle merges text (backpressure); when the client goes away the
   runner just stops handing frames out and goes on logging — the turn keeps running
   for a resume (the grace period is the turn machine's, not the runner's).
@@ -26,10 +26,10 @@ from functools import partial
 import anyio
 import attrs
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.compose import run_flow
 from pipeline.events import TERMINAL_TYPES, Event, Keepalive
+from pipeline.handoff import HandoffSend
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
 from pipeline.sse import SSEEncoder
@@ -108,12 +108,8 @@ class _Handout:
 
     def send_nowait(self, event: Event) -> None:
         live = self._runner.live
-        if live is not None and self.last is None:
-            stats = live.statistics()
-            if stats.open_receive_streams and not (
-                stats.tasks_waiting_receive or stats.current_buffer_used < stats.max_buffer_size
-            ):
-                raise anyio.WouldBlock
+        if live is not None and self.last is None and not live.ready():
+            raise anyio.WouldBlock
         frames = self._frames(event)
         if frames and live is not None:
             try:
@@ -145,7 +141,7 @@ class TurnRunner:
     turn: LettaTurn
     turn_id: str
     mapper: LettaMapper
-    live: MemoryObjectSendStream[list[LogFrame]] | None
+    live: HandoffSend[list[LogFrame]] | None
     window: float = 0.05
     leading: bool = True
     """The throttle's leading edge (:class:`~pipeline.coalesce.Coalescer`)."""

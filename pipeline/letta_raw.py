@@ -45,7 +45,7 @@ class RawLettaStream:
 
     async def _messages(self) -> AsyncIterator[dict[str, Any]]:
         parser = SSEParser()
-        async for data in self.http_response.aiter_bytes():
+        async for data in self._body():
             for sse in parser.feed(data):
                 if sse.data.startswith("[DONE]"):
                     return
@@ -58,6 +58,15 @@ class RawLettaStream:
             message = self._message(sse)
             if message is not None:
                 yield message
+
+    def _body(self) -> AsyncIterator[bytes]:
+        """The body's bytes.  Without a content coding (Letta sends none) straight from the transport's
+        stream (``Response.stream``): httpx's decoding and re-chunking layers would each cost a
+        generator step per chunk and change nothing."""
+        response = self.http_response
+        if response.headers.get("content-encoding", "identity").lower() in ("identity", ""):
+            return response.stream.__aiter__()  # type: ignore[no-any-return]
+        return response.aiter_bytes()  # type: ignore[no-any-return]
 
     def _message(self, sse: ServerSentEvent) -> dict[str, Any] | None:
         return message_of(sse, self._client, self.http_response)

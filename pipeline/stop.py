@@ -6,16 +6,25 @@ moment at its end.  A :class:`Stop` instead keeps the cancel scopes of the reade
 watching it; :meth:`Stop.set` cancels them all (from any task of the same thread).
 
 Contract: a scope entered with :meth:`Stop.watching` is cancelled when the stop is set,
-also when it was set before; it is forgotten when its block ends.  :meth:`Stop.set` is
-idempotent and never waits.
+also when it was set before; it is forgotten when its block ends.  Any other object
+with a ``cancel()`` method (a response body that ends itself, say) may watch too:
+:meth:`Stop.add` calls its ``cancel()`` when the stop is set (at once if it is set
+already) until :meth:`Stop.discard`.  :meth:`Stop.set` is idempotent and never waits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import anyio
+
+
+class Cancellable(Protocol):
+    """What watches a stop: ``cancel()`` is called once the stop is set (it must not wait)."""
+
+    def cancel(self) -> None: ...
 
 
 class Stop:
@@ -23,21 +32,31 @@ class Stop:
 
     def __init__(self) -> None:
         self._set = False
-        self._scopes: set[anyio.CancelScope] = set()
+        self._watchers: set[Cancellable] = set()
 
     def is_set(self) -> bool:
         return self._set
 
     def set(self) -> None:
-        """Set the stop: every watching scope is cancelled."""
+        """Set the stop: every watcher is cancelled."""
         self._set = True
-        for scope in list(self._scopes):
-            scope.cancel()
+        for watcher in list(self._watchers):
+            watcher.cancel()
 
     @property
     def watchers(self) -> int:
-        """How many scopes watch the stop now."""
-        return len(self._scopes)
+        """How many scopes and other watchers watch the stop now."""
+        return len(self._watchers)
+
+    def add(self, watcher: Cancellable) -> None:
+        """Call ``watcher.cancel()`` when the stop is set (now, if it is set already)."""
+        self._watchers.add(watcher)
+        if self._set:
+            watcher.cancel()
+
+    def discard(self, watcher: Cancellable) -> None:
+        """Forget ``watcher`` (nothing if it was not watching)."""
+        self._watchers.discard(watcher)
 
     @contextmanager
     def watching(self) -> Iterator[anyio.CancelScope]:
@@ -45,8 +64,8 @@ class Stop:
         with anyio.CancelScope() as scope:
             if self._set:
                 scope.cancel()
-            self._scopes.add(scope)
+            self._watchers.add(scope)
             try:
                 yield scope
             finally:
-                self._scopes.discard(scope)
+                self._watchers.discard(scope)

@@ -18,28 +18,7 @@ import anyio.lowlevel
 
 from .coalesce import Coalescer
 from .streams import Feed, Receive, Send
-
-
-class _Wakeup:
-    """A level-triggered wake-up between the reader and the writer."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self, at_most: float = math.inf) -> None:
-        event = self._event
-        if event.is_set():
-            await anyio.lowlevel.checkpoint()
-        elif at_most == math.inf:
-            await event.wait()
-        else:
-            with anyio.move_on_after(at_most):
-                await event.wait()
-        if event.is_set():  # a timer that ran out leaves the event as it was: keep it
-            self._event = anyio.Event()
+from .timing import Wakeup, clock
 
 
 async def throttle(
@@ -58,14 +37,15 @@ async def throttle(
     Closes both streams; all held text is sent before ``send`` closes.
     """
     coalescer = Coalescer(window, max_chars, max_backlog, max_buffered_chars, leading)
-    to_writer, to_reader = _Wakeup(), _Wakeup()
+    to_writer, to_reader = Wakeup(), Wakeup()
+    now = clock()
     reading = True
 
     async def reader() -> None:
         nonlocal reading
         try:
             async for event in recv:
-                coalescer.push(event, anyio.current_time())
+                coalescer.push(event, now())
                 to_writer.set()
                 while coalescer.full:
                     await to_reader.wait()
@@ -75,7 +55,7 @@ async def throttle(
 
     async def writer() -> None:
         while True:
-            batch = coalescer.take(anyio.current_time()) if reading else coalescer.flush()
+            batch = coalescer.take(now()) if reading else coalescer.flush()
             if batch:
                 to_reader.set()
                 for event in batch:
@@ -84,7 +64,7 @@ async def throttle(
             if not reading:
                 return
             deadline = coalescer.deadline
-            await to_writer.wait(math.inf if deadline is None else deadline - anyio.current_time())
+            await to_writer.wait(math.inf if deadline is None else deadline - now())
 
     with send, recv:
         async with anyio.create_task_group() as tg:
@@ -136,7 +116,8 @@ class CoalescingSend:
     def __init__(self, coalescer: Coalescer, step: Feed | None) -> None:
         self._coalescer = coalescer
         self._step = step
-        self._to_writer, self._to_sender = _Wakeup(), _Wakeup()
+        self._to_writer, self._to_sender = Wakeup(), Wakeup()
+        self._now = clock()
         self._open = True
         self._gone = False  # the writer stopped: nobody takes anything any more
         self._out: Send | None = None  # the writer's send end, while it is waiting (holding nothing)
@@ -144,7 +125,7 @@ class CoalescingSend:
     def _push(self, event: object) -> None:
         coalescer = self._coalescer
         out = self._out
-        now = anyio.current_time()
+        now = self._now()
         if out is not None and coalescer.passes(event, now):  # type: ignore[arg-type]
             try:
                 out.send_nowait(event)
@@ -211,7 +192,7 @@ class CoalescingSend:
         try:
             with send:
                 while True:
-                    batch = coalescer.take(anyio.current_time()) if self._open else coalescer.flush()
+                    batch = coalescer.take(self._now()) if self._open else coalescer.flush()
                     if batch:
                         self._to_sender.set()
                         for event in batch:
@@ -222,7 +203,7 @@ class CoalescingSend:
                     deadline = coalescer.deadline
                     self._out = send  # waiting, holding nothing in hand: the sender may hand over directly
                     try:
-                        await self._to_writer.wait(math.inf if deadline is None else deadline - anyio.current_time())
+                        await self._to_writer.wait(math.inf if deadline is None else deadline - self._now())
                     finally:
                         self._out = None
         finally:

@@ -3,7 +3,7 @@ and ``POST /chat/cancel`` (the stop button)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -11,12 +11,10 @@ import anyio
 import attrs
 from quart import Blueprint, Response, g, request
 
-from pipeline.compose import open_flow
 from pipeline.events import Error
-from pipeline.keepalive import IdleKeepalive
+from pipeline.handoff import HandoffReceive, HandoffSend, create_handoff
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import start_turn
-from pipeline.sse import SSEEncoder
 
 from ..bodies import CancelRequest, ChatRequest, StreamRequest, to_json
 from ..conversations import Target, target, whole_turn
@@ -26,8 +24,8 @@ from ..images import checked_images
 from ..replies import chat_reply, turn_events
 from ..services import Services, json_body, services
 from ..shutdown import ShuttingDown
-from ..sse_body import sse_response
 from ..store import LogFrame
+from ..stream_body import Pump, StreamBody, pump, stream_response
 from ..stream_session import StreamSession
 from ..turn_host import new_id
 from ..turn_machine import Adopt, Claim, Finish, Refused, Stop, TakeOver
@@ -38,6 +36,10 @@ blueprint = Blueprint("chat", __name__)
 
 
 Body = TypeVar("Body", bound=ChatRequest)
+T = TypeVar("T")
+
+FOLLOW_BATCH = 64
+"""A resume hands at most this many log frames to its response at a time (one write)."""
 
 
 async def _admit(svc: Services, cls: type[Body]) -> Body:
@@ -156,7 +158,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
     except BaseException:
         await host.apply_shielded(body.agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent
         raise
-    send, recv = anyio.create_memory_object_stream[list[LogFrame]](1)
+    send, recv = _live_handoff()  # one batch: while the client writes, the throttle merges text
     settings = svc.settings
     runner = TurnRunner(
         host,
@@ -174,7 +176,7 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
     session = _session(svc, body.agent_id, turn_id, reader, resumed=False)
     session.attach_live(recv)
     host.start(body.agent_id, turn_id, runner.run)
-    return _respond(svc, session, session.live())
+    return _respond(svc, session, recv, session.render_live)
 
 
 async def _resume(svc: Services, body: StreamRequest, position: FrameId) -> Response:
@@ -191,7 +193,13 @@ async def _resume(svc: Services, body: StreamRequest, position: FrameId) -> Resp
     if isinstance(takeover, TakeOver):
         session.start_takeover(takeover.run_id)
     svc.metrics.resumed()
-    return _respond(svc, session, session.follow(position.seq))
+    follow: tuple[HandoffSend[bytes], HandoffReceive[bytes]] = create_handoff(FOLLOW_BATCH)
+    send, recv = follow
+    return _respond(svc, session, recv, b"".join, pump=partial(pump, session.follow(position.seq), send))
+
+
+def _live_handoff() -> tuple[HandoffSend[list[LogFrame]], HandoffReceive[list[LogFrame]]]:
+    return create_handoff(1)
 
 
 def _session(svc: Services, agent_id: str, turn_id: str, reader: str, *, resumed: bool) -> StreamSession:
@@ -211,20 +219,29 @@ def _session(svc: Services, agent_id: str, turn_id: str, reader: str, *, resumed
     )
 
 
-def _respond(svc: Services, session: StreamSession, frames: AsyncIterator[bytes]) -> Response:
-    """The SSE response: the session's frames, with keepalives and a stalled-client timeout.
+def _respond(
+    svc: Services,
+    session: StreamSession,
+    frames: HandoffReceive[T],
+    render: Callable[[list[T]], bytes],
+    pump: Pump | None = None,
+) -> Response:
+    """The SSE response: ``session``'s frames from ``frames``, with keepalives and a send timeout.
 
-    One task (the session's source); the keepalive timer and the encoder run fused in the
-    response body's task, which writes every ready frame at once.
+    The response's own task takes the frames and writes them (:class:`~app.stream_body.StreamBody`);
+    ``pump``, for a resume, is the one task that reads the turn's log into ``frames``.
     """
     settings = svc.settings
-    flow = open_flow(
-        partial(session.source, frames),
-        IdleKeepalive(settings.keepalive_interval),
-        SSEEncoder(retry_ms=None),
-        send_timeout=settings.send_timeout,
+    return stream_response(
+        StreamBody(
+            session,
+            frames,
+            render,
+            keepalive=settings.keepalive_interval,
+            send_timeout=settings.send_timeout,
+            pump=pump,
+        )
     )
-    return sse_response(flow, session.finalize)
 
 
 @blueprint.post("/chat/cancel")

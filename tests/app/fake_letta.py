@@ -44,9 +44,14 @@ class FakeHTTPResponse:
     """The streamed body of one turn as Letta frames it (``data: {json}`` per chunk, then ``[DONE]``)."""
 
     status_code = 200
+    headers = httpx.Headers({"content-type": "text/event-stream"})
 
     def __init__(self, stream: FakeStream) -> None:
         self._stream = stream
+        self.stream = self  # as httpx's ``Response.stream``: the raw body (no content coding here)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.aiter_bytes()
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:

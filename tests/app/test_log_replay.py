@@ -27,6 +27,7 @@ from app.turn_host import TurnHost
 from app.turn_machine import Claim
 from app.turn_runner import TurnRunner
 from pipeline.events import Done, Event, Reasoning, Status, Text
+from pipeline.handoff import HandoffReceive, HandoffSend, create_handoff
 from pipeline.letta_map import LettaMapper
 from pipeline.sse import SSEParser
 from pipeline.wire import parse_event
@@ -83,11 +84,21 @@ def flat(items: list[Event]) -> list[tuple[str, str]]:
     return out
 
 
+async def _receive(recv: HandoffReceive[list[LogFrame]]) -> list[LogFrame]:
+    """The next frames the runner handed out (every batch pending, as one list)."""
+    while True:
+        try:
+            return [frame for batch in recv.receive_nowait() for frame in batch]
+        except anyio.WouldBlock:
+            await recv.wait()
+
+
 async def scenario(items: list[Event], window: float, drop_after: int) -> None:
     store = MemoryStore()
     host = TurnHost(store, _Canceller(), grace=30.0)  # type: ignore[arg-type]
     await host.apply(AGENT, Claim(TURN, host.owner, "conn-1", 10.0))
-    send, recv = anyio.create_memory_object_stream[list[LogFrame]](1)
+    handoff: tuple[HandoffSend[list[LogFrame]], HandoffReceive[list[LogFrame]]] = create_handoff(1)
+    send, recv = handoff
     runner = TurnRunner(host, store, _Turn(items), TURN, LettaMapper(), send, window=window)  # type: ignore[arg-type]
     seen = b""
     last_id = f"{TURN}:0"
@@ -97,7 +108,7 @@ async def scenario(items: list[Event], window: float, drop_after: int) -> None:
             taken = 0
             while taken < drop_after:
                 try:
-                    batch = await recv.receive()
+                    batch = await _receive(recv)
                 except anyio.EndOfStream:
                     break
                 for frame in batch[: drop_after - taken]:  # the client drops inside a write, after a whole frame

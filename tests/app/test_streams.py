@@ -15,16 +15,16 @@ from quart import Quart
 from app.cancels import RunCanceller
 from app.metrics import StreamMetrics
 from app.services import EXTENSION, Services
-from app.sse_body import PipelineBody
-from app.store import LogFrame
+from app.store import LogFrame, LogMeta
 from app.store.memory import MemoryStore
-from app.stream_session import StreamSession
+from app.stream_body import StreamBody, pump
+from app.stream_session import RESTARTING, StreamSession
 from app.turn_host import TurnHost
-from app.turn_machine import Claim, Started
-from pipeline.compose import open_pipeline
-from pipeline.encode import encode_sse
+from app.turn_machine import Adopt, Claim, Finish, Started
 from pipeline.events import Done, Error, Text
+from pipeline.handoff import HandoffReceive, HandoffSend, create_handoff
 from pipeline.sse import SSEEncoder, decode_events
+from pipeline.stop import Stop
 
 from .fake_letta import make_fake
 
@@ -143,14 +143,24 @@ async def claimed(grace: float) -> tuple[StreamSession, TurnHost, RecordingCance
     return StreamSession("req", AGENT, TURN, READER, host, metrics, grace=grace), host, canceller, metrics
 
 
-def body_of(session: StreamSession, frames: list[LogFrame], *, send_timeout: float = 5.0) -> PipelineBody:
-    send, recv = anyio.create_memory_object_stream[list[LogFrame]](len(frames) + 1)
-    for frame in frames:
-        send.send_nowait([frame])
-    send.close()
+def body_of(
+    session: StreamSession,
+    frames: list[LogFrame],
+    *,
+    send_timeout: float = 5.0,
+    keepalive: float = 15.0,
+    close: bool = True,
+) -> tuple[StreamBody[list[LogFrame]], HandoffSend[list[LogFrame]]]:
+    """A body reading ``frames`` as the runner would hand them out (and the runner's end, closed if ``close``)."""
+    handoff: tuple[HandoffSend[list[LogFrame]], HandoffReceive[list[LogFrame]]] = create_handoff(len(frames) + 1)
+    send, recv = handoff
+    for one in frames:
+        send.send_nowait([one])
+    if close:
+        send.close()
     session.attach_live(recv)
-    pipeline = open_pipeline(partial(session.source, session.live()), partial(encode_sse, send_timeout=send_timeout))
-    return PipelineBody(pipeline, session.finalize)
+    body = StreamBody(session, recv, session.render_live, keepalive=keepalive, send_timeout=send_timeout)
+    return body, send
 
 
 def frame(seq: int, event: Any) -> LogFrame:
@@ -159,7 +169,7 @@ def frame(seq: int, event: Any) -> LogFrame:
 
 async def test_body_never_entered_detaches_the_turn_with_its_grace() -> None:
     session, host, canceller, metrics = await claimed(grace=5.0)
-    body = body_of(session, [frame(1, Text("x"))])
+    body, _ = body_of(session, [frame(1, Text("x"))])
     await body.abandon()
     await body.abandon()  # at most once
     record = await host.store.record(AGENT)
@@ -173,7 +183,7 @@ async def test_body_never_entered_detaches_the_turn_with_its_grace() -> None:
 
 async def test_body_never_entered_with_resume_off_cancels_the_run_at_once() -> None:
     session, host, canceller, metrics = await claimed(grace=0.0)
-    await body_of(session, [frame(1, Text("x"))]).abandon()
+    await body_of(session, [frame(1, Text("x"))])[0].abandon()
     assert canceller.submitted == []  # the run is not known yet: it is cancelled as soon as it is
     record = await host.store.record(AGENT)
     assert record is not None
@@ -185,7 +195,8 @@ async def test_body_never_entered_with_resume_off_cancels_the_run_at_once() -> N
 
 async def test_a_finished_stream_does_not_detach() -> None:
     session, host, canceller, metrics = await claimed(grace=5.0)
-    async with body_of(session, [frame(1, Text("x")), frame(2, Done("end_turn"))]) as body:
+    body, _ = body_of(session, [frame(1, Text("x")), frame(2, Done("end_turn"))])
+    async with body:
         got = b"".join([chunk async for chunk in body])
     assert b"retry: 3000\nid: turn-1:0\n" in got
     assert b'"type":"done"' in got
@@ -198,10 +209,15 @@ async def test_a_finished_stream_does_not_detach() -> None:
 
 async def test_a_stalled_client_ends_the_body_quietly_and_detaches() -> None:
     session, host, _canceller, metrics = await claimed(grace=5.0)
+    body, _ = body_of(session, [frame(n, Text("x")) for n in range(1, 50)], send_timeout=0.05)
     with anyio.fail_after(10):
-        async with body_of(session, [frame(n, Text("x")) for n in range(1, 50)], send_timeout=0.05) as body:
-            async for _ in body:
-                await anyio.sleep_forever()  # never take another frame
+        with anyio.CancelScope() as write:  # what the connection handler gives the body
+            body.cancel_write = write.cancel
+            async with body:
+                async for _ in body:
+                    await anyio.sleep_forever()  # a write that never finishes
+        await body.abandon()
+    assert write.cancelled_caught
     record = await host.store.record(AGENT)
     assert record is not None
     assert record.reader is None
@@ -211,7 +227,124 @@ async def test_a_stalled_client_ends_the_body_quietly_and_detaches() -> None:
 
 async def test_an_error_event_counts_as_errored() -> None:
     session, _, _, metrics = await claimed(grace=5.0)
-    async with body_of(session, [frame(1, Text("x")), frame(2, Error("boom", "llm_api_error"))]) as body:
-        frames = [f async for f in body]
-    assert len(frames) == 3  # the opening frame, the text, the error
+    body, _ = body_of(session, [frame(1, Text("x")), frame(2, Error("boom", "llm_api_error"))])
+    async with body:
+        chunks = [f async for f in body]
+    assert chunks[0].startswith(b"retry: 3000")  # the opening, then the text and the error in one write
+    assert [type(e) for e in decode_events(chunks[1:])] == [Text, Error]
     assert metrics.ended["errored"] == 1
+
+
+# ---------------------------------------------------------------- the stream body's own timers and endings
+
+
+async def test_an_idle_body_writes_keepalives_and_then_the_frames() -> None:
+    session, _, _, _ = await claimed(grace=5.0)
+    body, send = body_of(session, [], keepalive=0.05, close=False)
+    chunks: list[bytes] = []
+    with anyio.fail_after(10):
+        async with body:
+            async for chunk in body:
+                chunks.append(chunk)
+                if chunks.count(b": keepalive\n\n") == 2:
+                    send.send_nowait([frame(1, Text("x")), frame(2, Done("end_turn"))])
+    assert chunks[1:3] == [b": keepalive\n\n"] * 2  # after the opening, nothing to say for a while
+    assert [type(e) for e in decode_events(chunks[3:])] == [Text, Done]  # then both frames in one write
+
+
+async def test_frames_that_keep_coming_leave_no_room_for_a_keepalive() -> None:
+    session, _, _, _ = await claimed(grace=5.0)
+    body, send = body_of(session, [], keepalive=0.2, close=False)
+    chunks: list[bytes] = []
+    with anyio.fail_after(10):
+        async with body:
+            async for chunk in body:
+                chunks.append(chunk)
+                await anyio.sleep(0.02)
+                n = len(chunks)
+                send.send_nowait([frame(n, Done("end_turn") if n == 30 else Text("x"))])
+    assert b": keepalive\n\n" not in chunks[1:]  # 30 writes over ~0.6 s, none 0.2 s after the last
+    assert session.ended
+
+
+async def test_draining_ends_the_stream_with_the_restart_comment_and_detaches() -> None:
+    session, host, _, metrics = await claimed(grace=5.0)
+    session.draining = draining = Stop()
+    body, _ = body_of(session, [frame(1, Text("x"))], close=False)
+    chunks: list[bytes] = []
+    with anyio.fail_after(10):
+        async with body:
+            async for chunk in body:
+                chunks.append(chunk)
+                if len(chunks) == 2:
+                    draining.set()
+    assert chunks[-1] == RESTARTING  # no terminal event: the client resumes elsewhere
+    assert draining.watchers == 0  # forgotten when the body is done
+    record = await host.store.record(AGENT)
+    assert record is not None
+    assert record.reader is None  # detached: the turn waits for the resume
+    assert metrics.ended["cancelled"] == 1
+
+
+async def test_a_body_started_while_draining_ends_at_once() -> None:
+    session, _, _, _ = await claimed(grace=5.0)
+    session.draining = draining = Stop()
+    draining.set()
+    body, _ = body_of(session, [frame(1, Text("x"))], close=False)
+    with anyio.fail_after(10):
+        async with body:
+            chunks = [chunk async for chunk in body]
+    assert chunks[-1] == RESTARTING
+    assert len(chunks) <= 3
+
+
+async def test_another_connection_adopting_the_turn_ends_this_one_quietly() -> None:
+    session, host, _, _ = await claimed(grace=5.0)
+    body, _ = body_of(session, [frame(1, Text("x"))], close=False)
+    chunks: list[bytes] = []
+    with anyio.fail_after(10):
+        async with body:
+            async for chunk in body:
+                chunks.append(chunk)
+                if len(chunks) == 2:
+                    await host.apply(AGENT, Adopt(TURN, "conn-2", host.owner, host.lease))
+    assert len(chunks) == 2  # nothing after the frame it had: no restart comment, no terminal event
+    assert b'"content":"x"' in chunks[1]
+    assert READER not in host._readers
+    record = await host.store.record(AGENT)
+    assert record is not None
+    assert record.reader == "conn-2"  # this connection's end did not detach the new reader
+
+
+async def test_the_last_write_is_under_the_send_timeout_too() -> None:
+    session, _, _, _ = await claimed(grace=5.0)
+    body, _ = body_of(session, [frame(1, Done("end_turn"))], send_timeout=0.05)
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as write:
+            body.cancel_write = write.cancel
+            async with body:
+                async for _ in body:
+                    pass
+            await anyio.sleep_forever()  # Quart's final (empty) write to a client that stopped reading
+        await body.abandon()
+    assert write.cancelled_caught
+    assert session.ended
+
+
+async def test_a_resume_pumps_the_log_through_one_task_and_closes_it() -> None:
+    _, host, _, metrics = await claimed(grace=5.0)
+    await host.store.log_open(LogMeta(TURN, AGENT), 60.0)
+    await host.store.log_append(TURN, [frame(n, e) for n, e in enumerate([Text("a"), Text("b"), Done("end_turn")], 1)])
+    await host.apply(AGENT, Finish(TURN, host.owner))
+    resumed = StreamSession("req", AGENT, TURN, "conn-2", host, metrics, grace=5.0, resumed=True)
+    handoff: tuple[HandoffSend[bytes], HandoffReceive[bytes]] = create_handoff(64)
+    send, recv = handoff
+    follow = resumed.follow(1)
+    body = StreamBody(resumed, recv, b"".join, keepalive=15.0, send_timeout=5.0, pump=partial(pump, follow, send))
+    with anyio.fail_after(10):
+        async with body:
+            chunks = [chunk async for chunk in body]
+    assert b"id: " not in chunks[0]  # a resume's opening names no new position
+    assert [type(e) for e in decode_events(chunks[1:])] == [Text, Done]  # after frame 1: "b", then done
+    assert follow.ag_frame is None  # the log reader was closed
+    assert metrics.ended["finished"] == 1

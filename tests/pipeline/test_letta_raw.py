@@ -268,3 +268,33 @@ def test_start_turn_raises_the_sdks_error_before_streaming() -> None:
 
     with pytest.raises(NotFoundError):
         anyio.run(run)
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_a_coded_body_is_decoded_and_a_plain_one_is_read_as_it_comes(coding: str) -> None:
+    """Without a content coding the raw stream reads the transport's bytes as they are (no httpx
+    re-chunking); with one (a proxy that compresses) it still gets the decoded text."""
+    import gzip
+
+    wire = letta_bytes(c.answer_turn(["a", "b"]))
+    body = gzip.compress(wire) if coding == "gzip" else wire
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream", "content-encoding": coding}, content=body
+        )
+
+    async def run() -> list[Any]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        client = AsyncLetta(base_url="http://letta.test", http_client=http, max_retries=0)
+        turn = await start_turn(client, "agent-1", "hello")
+        try:
+            return [chunk async for chunk in turn.chunks()]
+        finally:
+            await turn.aclose()
+            await client.close()
+
+    chunks = anyio.run(run)
+    assert [ch["message_type"] for ch in chunks] == [
+        json.loads(sse.data)["message_type"] for sse in SSEParser().feed(wire) if not sse.data.startswith("[DONE]")
+    ]

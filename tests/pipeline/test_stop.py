@@ -63,3 +63,25 @@ async def test_an_outer_cancellation_still_propagates_through_a_watching_scope()
     assert outer.cancelled_caught
     assert not inner.cancelled_caught
     assert stop.watchers == 0
+
+
+async def test_other_watchers_are_cancelled_once_set_and_forgotten_when_discarded() -> None:
+    class Watcher:
+        def __init__(self) -> None:
+            self.cancelled = 0
+
+        def cancel(self) -> None:
+            self.cancelled += 1
+
+    stop = Stop()
+    kept, dropped, late = Watcher(), Watcher(), Watcher()
+    stop.add(kept)
+    stop.add(dropped)
+    stop.discard(dropped)
+    stop.discard(Watcher())  # not watching: nothing happens
+    assert stop.watchers == 1
+    stop.set()
+    assert (kept.cancelled, dropped.cancelled) == (1, 0)
+    stop.add(late)  # the stop is set already: cancelled at once
+    assert late.cancelled == 1
+    await anyio.lowlevel.checkpoint()
