@@ -136,8 +136,14 @@ class CoalescingSend:
                 return
         idle = coalescer.empty
         coalescer.push(event, now)  # type: ignore[arg-type]
-        if idle or coalescer.has_ready:  # a new window began, or something is due now: the writer must know
+        if coalescer.has_ready:  # something is due now: the writer must know
             self._to_writer.set()
+        elif idle:  # a new window began: the writer wakes when it ends (not now, only to learn when)
+            deadline = coalescer.deadline
+            if deadline is None:
+                self._to_writer.set()
+            else:
+                self._to_writer.set_at(deadline)
 
     def send_nowait(self, item: object) -> None:
         if self._gone:

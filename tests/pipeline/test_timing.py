@@ -55,3 +55,20 @@ async def test_cancelling_a_timed_wait_leaves_no_timer_that_fires_later() -> Non
         await wakeup.wait(0.05)
     await anyio.sleep(0.1)  # past the cancelled wait's own deadline
     assert not wakeup.is_set()
+
+
+async def test_set_at_wakes_a_waiter_no_later_than_asked_and_a_sooner_time_wins(anyio_backend: str) -> None:
+    wakeup = Wakeup()
+    now = clock()
+    began = now()
+    wakeup.set_at(began + 5.0)
+    wakeup.set_at(began + 0.05)  # sooner: this one counts
+    wakeup.set_at(began + 3.0)  # later than what is asked already: nothing changes
+    with anyio.fail_after(2):
+        await wakeup.wait()  # no time of its own: only the mark ends it
+    if anyio_backend == "asyncio":
+        assert now() - began >= 0.04  # a loop timer: not before the time asked
+    assert not wakeup.is_set()
+    with anyio.move_on_after(0.1) as waited:  # the wait that returned cancelled what was pending
+        await wakeup.wait()
+    assert waited.cancelled_caught
