@@ -24,9 +24,11 @@ due and re-armed when it fires early, so a steady stream re-arms it about once p
 ``keepalive``.  Quart serves on asyncio only, and so does this body.
 
 Ownership: the body owns the receive end (closed when the body is done), the pump task
-(cancelled and awaited in ``__aexit__``) and its registrations with the drain signal and
-the turn host (removed in ``__aexit__``).  :meth:`StreamSession.finalize` runs exactly
-once: after ``__aexit__``, or from :meth:`abandon` when the body was never entered.
+(cancelled and awaited in ``__aexit__``), its registrations with the drain signal and
+the turn host (removed in ``__aexit__``) and its timer, which also bounds Quart's last
+write and is stopped by :meth:`abandon` (the connection handler calls it after every
+response).  :meth:`StreamSession.finalize` runs exactly once: after ``__aexit__``, or
+from :meth:`abandon` when the body was never entered.
 """
 
 from __future__ import annotations

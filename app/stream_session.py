@@ -4,7 +4,9 @@ A session is the client's side of a turn, never the turn itself: the turn runs i
 runner (:mod:`app.turn_runner`), which outlives the connection.  A session reads the
 turn's frames either *live* from the runner of this process (no store round trip on
 the hot path) or from the turn's *log* (a resume, on any replica), and ends when the
-terminal frame went out, when the client leaves, or when the service drains.
+terminal frame went out, when the client leaves, or when the service drains.  The
+session is what the stream *means* (opening, counting, following the log, its end of
+life); :mod:`app.stream_body` does the writing, the timers and the endings.
 
 * The first frame goes out at once: ``retry:`` and, for a new turn, the id
   ``<turn id>:0`` — so even a stream dropped before any answer can resume.
@@ -15,8 +17,8 @@ terminal frame went out, when the client leaves, or when the service drains.
   client that left before the terminal frame *detaches* (the turn waits ``grace``
   seconds for a resume, or is cancelled at once when resume is off); then the
   session counts its outcome and logs one line.
-* When the service drains, the stream ends without a terminal event (a comment says
-  why): the client resumes through another replica.
+* When the service drains, the stream ends without a terminal event (the comment
+  :data:`RESTARTING` says why): the client resumes through another replica.
 """
 
 from __future__ import annotations
