@@ -249,6 +249,7 @@ class StreamBody(ResponseBody, Generic[T]):
             if now >= due:
                 self._stall()
                 return
+            due = min(due, now + self._keepalive)  # back by the time a keepalive may be due after this write
         else:
             due = self._mark + self._keepalive
             if now >= due:

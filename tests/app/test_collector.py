@@ -58,9 +58,9 @@ def test_startup_freezes_the_heap_and_raises_the_young_threshold(tmp_path: Path,
     assert found["before"] == {"thresholds": [700, 10, 10], "frozen": 0}
     after = found["after"]
     assert isinstance(after, dict)
-    assert after["thresholds"] == [expected, 20, 100]
+    assert after["thresholds"] == [expected, 4, 100]
     assert after["frozen"] > 10_000  # modules, clients, the app: what startup built
-    assert found["again"] == [expected, 20, 100]
+    assert found["again"] == [expected, 4, 100]
     assert found["frozen_after_again"] == after["frozen"]
 
 

@@ -348,3 +348,18 @@ async def test_a_resume_pumps_the_log_through_one_task_and_closes_it() -> None:
     assert [type(e) for e in decode_events(chunks[1:])] == [Text, Done]  # after frame 1: "b", then done
     assert follow.ag_frame is None  # the log reader was closed
     assert metrics.ended["finished"] == 1
+
+
+async def test_a_write_longer_than_the_keepalive_does_not_put_the_next_keepalive_off() -> None:
+    session, _, _, _ = await claimed(grace=5.0)
+    body, send = body_of(session, [frame(1, Text("x"))], keepalive=0.05, send_timeout=30.0, close=False)
+    chunks: list[bytes] = []
+    with anyio.fail_after(2):  # the send timeout (30 s) must not be what brings the next keepalive
+        async with body:
+            async for chunk in body:
+                chunks.append(chunk)
+                if chunk == b": keepalive\n\n":
+                    send.close()
+                else:
+                    await anyio.sleep(0.12)  # a slow write: the timer fires while it lasts
+    assert b": keepalive\n\n" in chunks
