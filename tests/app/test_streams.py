@@ -4,6 +4,7 @@ metrics, request ids, and a session's end of life (detach with a grace, or cance
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -238,16 +239,27 @@ async def test_an_error_event_counts_as_errored() -> None:
 # ---------------------------------------------------------------- the stream body's own timers and endings
 
 
-async def test_an_idle_body_writes_keepalives_and_then_the_frames() -> None:
-    session, _, _, _ = await claimed(grace=5.0)
-    body, send = body_of(session, [], keepalive=0.05, close=False)
+async def drive(body: StreamBody[Any], react: Callable[[list[bytes]], Awaitable[object]] | None = None) -> list[bytes]:
+    """Read ``body`` as Quart does (bounded in time); after each chunk, ``await react(chunks so far)``."""
     chunks: list[bytes] = []
     with anyio.fail_after(10):
         async with body:
             async for chunk in body:
                 chunks.append(chunk)
-                if chunks.count(b": keepalive\n\n") == 2:
-                    send.send_nowait([frame(1, Text("x")), frame(2, Done("end_turn"))])
+                if react is not None:
+                    await react(chunks)
+    return chunks
+
+
+async def test_an_idle_body_writes_keepalives_and_then_the_frames() -> None:
+    session, _, _, _ = await claimed(grace=5.0)
+    body, send = body_of(session, [], keepalive=0.05, close=False)
+
+    async def react(chunks: list[bytes]) -> None:
+        if chunks.count(b": keepalive\n\n") == 2:
+            send.send_nowait([frame(1, Text("x")), frame(2, Done("end_turn"))])
+
+    chunks = await drive(body, react)
     assert chunks[1:3] == [b": keepalive\n\n"] * 2  # after the opening, nothing to say for a while
     assert [type(e) for e in decode_events(chunks[3:])] == [Text, Done]  # then both frames in one write
 
@@ -255,14 +267,13 @@ async def test_an_idle_body_writes_keepalives_and_then_the_frames() -> None:
 async def test_frames_that_keep_coming_leave_no_room_for_a_keepalive() -> None:
     session, _, _, _ = await claimed(grace=5.0)
     body, send = body_of(session, [], keepalive=0.2, close=False)
-    chunks: list[bytes] = []
-    with anyio.fail_after(10):
-        async with body:
-            async for chunk in body:
-                chunks.append(chunk)
-                await anyio.sleep(0.02)
-                n = len(chunks)
-                send.send_nowait([frame(n, Done("end_turn") if n == 30 else Text("x"))])
+
+    async def react(chunks: list[bytes]) -> None:
+        await anyio.sleep(0.02)
+        n = len(chunks)
+        send.send_nowait([frame(n, Done("end_turn") if n == 30 else Text("x"))])
+
+    chunks = await drive(body, react)
     assert b": keepalive\n\n" not in chunks[1:]  # 30 writes over ~0.6 s, none 0.2 s after the last
     assert session.ended
 
@@ -271,13 +282,12 @@ async def test_draining_ends_the_stream_with_the_restart_comment_and_detaches() 
     session, host, _, metrics = await claimed(grace=5.0)
     session.draining = draining = Stop()
     body, _ = body_of(session, [frame(1, Text("x"))], close=False)
-    chunks: list[bytes] = []
-    with anyio.fail_after(10):
-        async with body:
-            async for chunk in body:
-                chunks.append(chunk)
-                if len(chunks) == 2:
-                    draining.set()
+
+    async def react(chunks: list[bytes]) -> None:
+        if len(chunks) == 2:
+            draining.set()
+
+    chunks = await drive(body, react)
     assert chunks[-1] == RESTARTING  # no terminal event: the client resumes elsewhere
     assert draining.watchers == 0  # forgotten when the body is done
     record = await host.store.record(AGENT)
@@ -290,10 +300,7 @@ async def test_a_body_started_while_draining_ends_at_once() -> None:
     session, _, _, _ = await claimed(grace=5.0)
     session.draining = draining = Stop()
     draining.set()
-    body, _ = body_of(session, [frame(1, Text("x"))], close=False)
-    with anyio.fail_after(10):
-        async with body:
-            chunks = [chunk async for chunk in body]
+    chunks = await drive(body_of(session, [frame(1, Text("x"))], close=False)[0])
     assert chunks[-1] == RESTARTING
     assert len(chunks) <= 3
 
@@ -301,13 +308,12 @@ async def test_a_body_started_while_draining_ends_at_once() -> None:
 async def test_another_connection_adopting_the_turn_ends_this_one_quietly() -> None:
     session, host, _, _ = await claimed(grace=5.0)
     body, _ = body_of(session, [frame(1, Text("x"))], close=False)
-    chunks: list[bytes] = []
-    with anyio.fail_after(10):
-        async with body:
-            async for chunk in body:
-                chunks.append(chunk)
-                if len(chunks) == 2:
-                    await host.apply(AGENT, Adopt(TURN, "conn-2", host.owner, host.lease))
+
+    async def react(chunks: list[bytes]) -> None:
+        if len(chunks) == 2:
+            await host.apply(AGENT, Adopt(TURN, "conn-2", host.owner, host.lease))
+
+    chunks = await drive(body, react)
     assert len(chunks) == 2  # nothing after the frame it had: no restart comment, no terminal event
     assert b'"content":"x"' in chunks[1]
     assert READER not in host._readers
@@ -340,10 +346,9 @@ async def test_a_resume_pumps_the_log_through_one_task_and_closes_it() -> None:
     handoff: tuple[HandoffSend[bytes], HandoffReceive[bytes]] = create_handoff(64)
     send, recv = handoff
     follow = resumed.follow(1)
-    body = StreamBody(resumed, recv, b"".join, keepalive=15.0, send_timeout=5.0, pump=partial(pump, follow, send))
-    with anyio.fail_after(10):
-        async with body:
-            chunks = [chunk async for chunk in body]
+    chunks = await drive(
+        StreamBody(resumed, recv, b"".join, keepalive=15.0, send_timeout=5.0, pump=partial(pump, follow, send))
+    )
     assert b"id: " not in chunks[0]  # a resume's opening names no new position
     assert [type(e) for e in decode_events(chunks[1:])] == [Text, Done]  # after frame 1: "b", then done
     assert follow.ag_frame is None  # the log reader was closed
@@ -353,13 +358,13 @@ async def test_a_resume_pumps_the_log_through_one_task_and_closes_it() -> None:
 async def test_a_write_longer_than_the_keepalive_does_not_put_the_next_keepalive_off() -> None:
     session, _, _, _ = await claimed(grace=5.0)
     body, send = body_of(session, [frame(1, Text("x"))], keepalive=0.05, send_timeout=30.0, close=False)
-    chunks: list[bytes] = []
+
+    async def react(chunks: list[bytes]) -> None:
+        if chunks[-1] == b": keepalive\n\n":
+            send.close()
+        else:
+            await anyio.sleep(0.12)  # a slow write: the timer fires while it lasts
+
     with anyio.fail_after(2):  # the send timeout (30 s) must not be what brings the next keepalive
-        async with body:
-            async for chunk in body:
-                chunks.append(chunk)
-                if chunk == b": keepalive\n\n":
-                    send.close()
-                else:
-                    await anyio.sleep(0.12)  # a slow write: the timer fires while it lasts
+        chunks = await drive(body, react)
     assert b": keepalive\n\n" in chunks
