@@ -46,7 +46,7 @@ from quart import Response
 from quart.wrappers.response import ResponseBody
 
 from pipeline.errors import ConsumerStalled
-from pipeline.handoff import HandoffReceive
+from pipeline.handoff import HandoffReceive, HandoffSend
 from pipeline.sse import KEEPALIVE_FRAME
 
 from .sse_body import SSE_HEADERS
@@ -103,7 +103,8 @@ class StreamBody(ResponseBody, Generic[T]):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._endings = (_Ending(self, RESTARTING), _Ending(self, b""))
+        self._drained = _Ending(self, RESTARTING)  # the service drains: the client resumes elsewhere
+        self._superseded = _Ending(self, b"")  # another connection adopted the turn: end quietly
         self.cancel_write: Callable[[], object] | None = None
         """Set by the connection handler: cancels the write in progress (the send timeout's effect)."""
 
@@ -115,8 +116,8 @@ class StreamBody(ResponseBody, Generic[T]):
         session = self._session
         try:
             if session.draining is not None:
-                session.draining.add(self._endings[0])
-            session.host.add_reader(session.reader, self._endings[1])
+                session.draining.add(self._drained)
+            session.host.add_reader(session.reader, self._superseded)
             if self._pump is not None:
                 self._tg = anyio.create_task_group()
                 await self._tg.__aenter__()
@@ -207,8 +208,8 @@ class StreamBody(ResponseBody, Generic[T]):
         self._frames.close()
         session = self._session
         if session.draining is not None:
-            session.draining.discard(self._endings[0])
-        session.host.discard_reader(session.reader, self._endings[1])
+            session.draining.discard(self._drained)
+        session.host.discard_reader(session.reader, self._superseded)
         with anyio.CancelScope(shield=True):
             await session.finalize(self._entered, error)
 
@@ -272,7 +273,7 @@ def stream_response(body: StreamBody[Any]) -> Response:
     return response
 
 
-async def pump(chunks: AsyncIterator[bytes], send: Any) -> None:
+async def pump(chunks: AsyncIterator[bytes], send: HandoffSend[bytes]) -> None:
     """Feed ``chunks`` into ``send`` (a hand-over's send end) until they end; close both."""
     with send:
         try:

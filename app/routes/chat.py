@@ -158,7 +158,8 @@ async def _new_turn(svc: Services, body: StreamRequest) -> Response:
     except BaseException:
         await host.apply_shielded(body.agent_id, Finish(turn_id, host.owner))  # nothing started: free the agent
         raise
-    send, recv = _live_handoff()  # one batch: while the client writes, the throttle merges text
+    live: tuple[HandoffSend[list[LogFrame]], HandoffReceive[list[LogFrame]]] = create_handoff(1)
+    send, recv = live  # one batch: while the client writes, the throttle merges text
     settings = svc.settings
     runner = TurnRunner(
         host,
@@ -196,10 +197,6 @@ async def _resume(svc: Services, body: StreamRequest, position: FrameId) -> Resp
     follow: tuple[HandoffSend[bytes], HandoffReceive[bytes]] = create_handoff(FOLLOW_BATCH)
     send, recv = follow
     return _respond(svc, session, recv, b"".join, pump=partial(pump, session.follow(position.seq), send))
-
-
-def _live_handoff() -> tuple[HandoffSend[list[LogFrame]], HandoffReceive[list[LogFrame]]]:
-    return create_handoff(1)
 
 
 def _session(svc: Services, agent_id: str, turn_id: str, reader: str, *, resumed: bool) -> StreamSession:
