@@ -27,7 +27,6 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from pipeline import wire
 from pipeline.compose import run_flow
 from pipeline.events import TERMINAL_TYPES, Event, Keepalive
 from pipeline.handoff import HandoffSend
@@ -56,10 +55,9 @@ class TurnFramer:
     """A pure step: numbers a turn's outgoing events and encodes each once as an SSE frame with its id.
 
     Letta's pings say nothing and get no number (each connection keeps itself alive).
-    The terminal event's frame is marked ``last``.  A content-only event (a text delta,
-    the hot path) gets its ``id:`` line put before :func:`pipeline.wire.fast_frame`'s
-    bytes — the same frame :class:`~pipeline.sse.SSEEncoder` makes of it with its cursor
-    set, without a copy of the event or cattrs.
+    The terminal event's frame is marked ``last``.  The id goes to the encoder as is (no
+    copy of the event per frame); a turn id that cannot be part of an SSE id is refused
+    when the framer is made, before the turn streams anything.
     """
 
     def __init__(self, turn_id: str, seq: int = 0) -> None:
@@ -68,16 +66,12 @@ class TurnFramer:
         self._encoder = SSEEncoder(retry_ms=None)
         if any(c in turn_id for c in "\r\n\0"):
             raise ValueError(f"a turn id cannot be part of an SSE id: {turn_id!r}")
-        self._id_head = b"id: %s:" % turn_id.encode()
 
     def feed(self, event: Event) -> list[LogFrame]:
         if isinstance(event, Keepalive):
             return []
         self.seq = seq = self.seq + 1
-        if type(event) in wire.FAST_TYPES and event.cursor is None:
-            data = b"%s%d\n%s" % (self._id_head, seq, wire.fast_frame(event))  # type: ignore[arg-type]
-        else:
-            data = self._encoder.encode(attrs.evolve(event, cursor=str(FrameId(self.turn_id, seq))))
+        data = self._encoder.encode(event, id=str(FrameId(self.turn_id, seq)))
         return [LogFrame(seq, data, isinstance(event, TERMINAL_TYPES))]
 
     def finish(self) -> list[LogFrame]:

@@ -59,19 +59,24 @@ class SSEEncoder:
     def finish(self) -> tuple[()]:
         return ()
 
-    def encode(self, event: Event) -> bytes:
-        """The bytes of one frame carrying ``event``."""
-        if not self._first and event.cursor is None and type(event) in wire.FAST_TYPES:
-            return wire.fast_frame(event)  # type: ignore[arg-type]  # the hot path: a text delta
+    def encode(self, event: Event, id: str | None = None) -> bytes:
+        """The bytes of one frame carrying ``event``; its ``id:`` is ``id`` when given, else the event's cursor.
+
+        ``id`` spares a caller that numbers frames a copy of the event per frame.  A content-only
+        event (a text delta: the hot path) is framed by :func:`~pipeline.wire.fast_frame`, without cattrs.
+        """
+        ident = event.cursor if id is None else id
         head = b""
         if self._first:
             self._first = False
             if self.retry_ms is not None:
                 head = b"retry: %d\n" % self.retry_ms
-        if event.cursor is not None:
-            if any(c in event.cursor for c in "\r\n\0"):
-                raise ValueError(f"a cursor cannot be an SSE id: {event.cursor!r}")
-            head += f"id: {event.cursor}\n".encode()
+        if ident is not None:
+            if "\n" in ident or "\r" in ident or "\0" in ident:
+                raise ValueError(f"a cursor cannot be an SSE id: {ident!r}")
+            head += b"id: %s\n" % ident.encode()
+        if type(event) in wire.FAST_TYPES:
+            return head + wire.fast_frame(event)  # type: ignore[arg-type]
         if isinstance(event, Keepalive):
             return head + KEEPALIVE_FRAME
         data = wire.dumps(event)

@@ -128,6 +128,16 @@ class TestEncoder:
         with pytest.raises(ValueError, match="SSE id"):
             SSEEncoder().encode(Text("x", cursor="run\nevent: evil"))
 
+    def test_an_explicit_id_replaces_the_cursor_and_is_checked_like_it(self) -> None:
+        encoder = SSEEncoder(retry_ms=None)
+        for event in (Text("Hi", cursor="old:1"), Done()):
+            assert encoder.encode(event, id="run-1:5") == SSEEncoder(retry_ms=None).encode(
+                attrs.evolve(event, cursor="run-1:5")
+            )
+        assert encoder.encode(Text("Hi"), id="run-1:6").startswith(b"id: run-1:6\nevent: message\n")
+        with pytest.raises(ValueError, match="SSE id"):
+            encoder.encode(Text("x"), id="run\revent: evil")
+
     def test_original_plan_shapes(self) -> None:
         frames = [SSEEncoder(retry_ms=None).encode(e) for e in (Done(), Error("boom"))]
         assert frames[0].endswith(b'data: {"type":"done"}\n\n')
