@@ -19,6 +19,8 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from pipeline.letta_raw import BODY_EXTENSION
+
 from .settings import LETTA_HTTP_KINDS
 
 
@@ -69,7 +71,8 @@ class LettaTransport(AiohttpTransport):
 
     The request goes out as httpx-aiohttp sends it (same timeouts: ``connect`` → aiohttp's
     socket connect, ``read`` → its socket read, ``pool`` → waiting for a pooled connection),
-    through aiohttp's public API only; the body is one layer over aiohttp's reader.
+    through aiohttp's public API only; the body is one layer over aiohttp's reader, also handed
+    over as the response's ``BODY_EXTENSION`` so that a long stream need not keep httpx's models.
     """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -98,13 +101,14 @@ class LettaTransport(AiohttpTransport):
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _renamed(exc) from exc
-        extensions: dict[str, object] = {"http_version": b"HTTP/1.1"}
+        body = _Body(response)
+        extensions: dict[str, object] = {"http_version": b"HTTP/1.1", BODY_EXTENSION: body}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode()
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
-            stream=_Body(response),
+            stream=body,
             request=request,
             extensions=extensions,
         )

@@ -173,14 +173,16 @@ class StreamBody(ResponseBody, Generic[T]):
             try:
                 items = frames.receive_nowait()
             except anyio.WouldBlock:
+                items = None  # wait outside the handler: a wait inside it would hold the exception (and its frames)
+            except anyio.EndOfStream:
+                self._done = True
+                raise StopAsyncIteration from None
+            if items is None:
                 if self._keepalive_due:
                     self._keepalive_due = False
                     return self._begin_write(KEEPALIVE_FRAME)
                 await frames.wait()
                 continue
-            except anyio.EndOfStream:
-                self._done = True
-                raise StopAsyncIteration from None
             chunk = self._render(items)
             if self._session.ended:
                 self._done = True  # the terminal frame: nothing after it

@@ -103,9 +103,9 @@ class HandoffSend(Generic[T]):
                 self.send_nowait(item)
                 return
             except anyio.WouldBlock:
-                state = self._state
-                event = state.producer = anyio.Event()
-                await event.wait()
+                pass  # wait outside the handler: a wait inside it would hold the exception and its frames
+            event = self._state.producer = anyio.Event()
+            await event.wait()
 
     def close(self) -> None:
         """The consumer gets what is pending, then :class:`anyio.EndOfStream`.  Idempotent."""

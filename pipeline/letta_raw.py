@@ -25,10 +25,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
 from letta_client import AsyncLetta
 
 from .sse import ServerSentEvent, SSEParser
+
+BODY_EXTENSION = "letta_stream.body"
+"""The httpx response extension under which a transport may hand over its body stream itself.
+
+httpx wraps a transport's body in a stream that references the whole response (and so its
+request); a stream that takes the transport's own body lets both go.  The body must be an
+``httpx.AsyncByteStream`` whose ``aclose`` gives the connection back."""
 
 
 class RawLettaStream:
@@ -36,9 +44,22 @@ class RawLettaStream:
 
     def __init__(self, client: AsyncLetta, response: Any) -> None:
         self._client = client
-        # only the httpx response is kept: letta-client's AsyncAPIResponse holds a copy of the request's
-        # options (pydantic models, the body) that a stream open for minutes need not keep alive
-        self.http_response = response.http_response
+        http = response.http_response
+        self.status_code: int = http.status_code
+        # what an ``event: error`` frame's exception names: the request line and Letta's request id
+        self._request_line: tuple[str, Any] = (http.request.method, http.request.url)
+        self._request_id: str | None = http.headers.get("x-request-id")
+        # Without a content coding (Letta sends none) only the transport's stream is kept: the
+        # httpx response, its request (headers, the JSON body) and letta-client's AsyncAPIResponse
+        # (a copy of the request's options) are let go — ~20 KiB that a stream open for minutes
+        # need not hold.  A coded body keeps the response, whose decoders it needs.
+        self._response: Any = None
+        self._chunks: Any = None
+        if http.headers.get("content-encoding", "identity").lower() in ("identity", ""):
+            # httpx's own wrapper of the body holds the response: take the transport's body if it offers it
+            self._chunks = http.extensions.get(BODY_EXTENSION, http.stream)
+        else:
+            self._response = http
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._messages()
@@ -60,27 +81,38 @@ class RawLettaStream:
                 yield message
 
     def _body(self) -> AsyncIterator[bytes]:
-        """The body's bytes.  Without a content coding (Letta sends none) straight from the transport's
-        stream (``Response.stream``): httpx's decoding and re-chunking layers would each cost a
-        generator step per chunk and change nothing."""
-        response = self.http_response
-        if response.headers.get("content-encoding", "identity").lower() in ("identity", ""):
-            return response.stream.__aiter__()  # type: ignore[no-any-return]
-        return response.aiter_bytes()  # type: ignore[no-any-return]
+        """The body's bytes: straight from the transport's stream (httpx's decoding and re-chunking
+        layers would each cost a generator step per chunk and change nothing), or decoded."""
+        if self._chunks is not None:
+            return self._chunks.__aiter__()  # type: ignore[no-any-return]
+        return self._response.aiter_bytes()  # type: ignore[no-any-return]
 
     def _message(self, sse: ServerSentEvent) -> dict[str, Any] | None:
-        return message_of(sse, self._client, self.http_response)
+        if sse.event == "message":  # the common case: no error response is needed to read it
+            return message_of(sse, self._client, None)
+        return message_of(sse, self._client, self._error_response())
+
+    def _error_response(self) -> httpx.Response:
+        """An httpx response standing for this one in an error (status, request line, request id)."""
+        if self._response is not None:
+            return self._response  # type: ignore[no-any-return]
+        headers = {"x-request-id": self._request_id} if self._request_id else None
+        return httpx.Response(self.status_code, headers=headers, request=httpx.Request(*self._request_line))
 
     async def close(self) -> None:
-        """Close the HTTP response (and give its connection back), as ``AsyncAPIResponse.close()`` does."""
-        await self.http_response.aclose()
+        """Close the HTTP response (its connection goes back to the pool), as ``AsyncAPIResponse.close()`` does."""
+        if self._response is not None:
+            await self._response.aclose()
+        else:
+            await self._chunks.aclose()
 
 
 def message_of(sse: ServerSentEvent, client: AsyncLetta, response: Any) -> dict[str, Any] | None:
     """The message one SSE event of Letta's carries, as letta-client's ``AsyncStream`` reads it.
 
     ``None`` for an event the SDK skips (a named event other than ``error``, or data
-    that is not a JSON object); an ``error`` event raises the SDK's status error.
+    that is not a JSON object); an ``error`` event raises the SDK's status error for
+    ``response`` (which only an ``error`` event needs).
     """
     if sse.event == "error":
         body: object = sse.data

@@ -45,6 +45,8 @@ class FakeHTTPResponse:
 
     status_code = 200
     headers = httpx.Headers({"content-type": "text/event-stream"})
+    request = _REQUEST
+    extensions: dict[str, object] = {}  # noqa: RUF012  # read only: no transport hands its body over here
 
     def __init__(self, stream: FakeStream) -> None:
         self._stream = stream

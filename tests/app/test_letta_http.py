@@ -8,17 +8,20 @@ chunk by chunk as it is written.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from letta_client import APIConnectionError, APITimeoutError, AsyncLetta
+from letta_client import APIConnectionError, APIStatusError, APITimeoutError, AsyncLetta
 
 from app.letta_http import LettaTransport, transport
 from app.settings import Settings, SettingsError, settings_from_env
 from app.upstream import PoolGate, make_client
 from devstack._proc import free_port
+from pipeline.letta_raw import open_raw_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -148,5 +151,46 @@ async def test_the_service_client_reads_through_the_gate_and_aiohttp() -> None:
             assert isinstance(gate, PoolGate)
             assert isinstance(gate._inner, LettaTransport)
             assert await letta.agents.list() is not None
+        finally:
+            await letta.close()
+
+
+async def test_an_open_letta_stream_keeps_only_the_body_not_httpx_models() -> None:
+    """A stream open for minutes holds the transport's body only: httpx's response and its request
+    (headers, the JSON body) are let go once it opens, and an ``event: error`` still names the status."""
+    go_on = asyncio.Event()
+
+    async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: req-7\r\n\r\n")
+        writer.write(b'data: {"message_type": "assistant_message", "content": "a"}\n\n')
+        await writer.drain()
+        await go_on.wait()
+        writer.write(b'event: error\ndata: {"error": "model exploded"}\n\n')
+        await writer.drain()
+
+    seen: list[weakref.ref[httpx.Response]] = []
+
+    async def keep(response: httpx.Response) -> None:
+        seen.append(weakref.ref(response))
+
+    async with server(sse) as url:
+        http = httpx.AsyncClient(
+            transport=LettaTransport(limits=httpx.Limits(max_connections=2)), event_hooks={"response": [keep]}
+        )
+        letta = AsyncLetta(base_url=url, http_client=http, max_retries=0)
+        try:
+            stream = await open_raw_stream(letta, "agent-1", messages=[{"role": "user", "content": "hi"}])
+            messages = stream.__aiter__()
+            assert (await messages.__anext__())["content"] == "a"
+            gc.collect()
+            assert len(seen) == 1
+            assert seen[0]() is None  # nothing of the stream refers to httpx's response any more
+            go_on.set()
+            with pytest.raises(APIStatusError) as raised:
+                await messages.__anext__()
+            assert raised.value.status_code == 200
+            assert raised.value.response.headers["x-request-id"] == "req-7"
+            assert raised.value.request.url.path == "/v1/agents/agent-1/messages"
+            await stream.close()
         finally:
             await letta.close()

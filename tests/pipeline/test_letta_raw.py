@@ -109,6 +109,10 @@ def cut(data: bytes, at: list[int]) -> list[bytes]:
 class Pieces(httpx.AsyncByteStream):
     def __init__(self, pieces: list[bytes]) -> None:
         self.pieces = pieces
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for piece in self.pieces:
@@ -213,7 +217,7 @@ def test_an_error_event_mid_stream_becomes_lettas_error_event() -> None:
 
     events = anyio.run(run)
     assert events[-1] == Error("model exploded", "llm_error")
-    assert body.http_response.is_closed
+    assert body.http_response.stream.closed  # the transport's stream: its connection goes back to the pool
     assert cancelled == [turn]  # not read to its end: the run is given up
 
 
