@@ -17,6 +17,8 @@ from letta_client import (
     NotFoundError,
 )
 
+from pipeline.letta_raw import BODY_EXTENSION
+
 from .errors import ApiError, NotFound, UpstreamError, UpstreamUnavailable
 from .letta_http import transport
 from .settings import Settings
@@ -49,6 +51,8 @@ class PoolGate(httpx.AsyncBaseTransport):
             self._slots.release()
             raise
         response.stream = _Releasing(response.stream, self._slots.release)
+        if BODY_EXTENSION in response.extensions:  # the body handed over must release the slot too
+            response.extensions[BODY_EXTENSION] = response.stream
         return response
 
     async def aclose(self) -> None:
