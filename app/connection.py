@@ -12,14 +12,23 @@ closes.  Once the body reports the stall, that write gets :data:`FINAL_WRITE_SEC
 then it is abandoned, which leaves the response unfinished, so the server closes the
 connection.  A :class:`~app.stream_body.StreamBody` times its writes itself: it gets the
 hook that cancels the response's write (the same ending, at once).
+
+Quart runs each request in two tasks of its own, beside hypercorn's (the handler and a
+receiver, joined by ``asyncio.wait``).  Here the handler runs in hypercorn's task and only
+the receiver gets one: on ``http.disconnect`` it cancels the handler, which ends as
+Quart's would (its ``finally`` blocks run, the request returns normally); a cancellation
+from outside (the server's shutdown) still propagates.  One task, its coroutines and the
+wait's futures fewer per open stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
 from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
 
 from .sse_body import PipelineBody
 from .stream_body import StreamBody
@@ -28,6 +37,37 @@ FINAL_WRITE_SECONDS = 1.0
 
 
 class StreamingConnection(ASGIHTTPConnection):
+    _handling = False
+    _disconnected = False
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        request = self._create_request_from_scope(send)
+        receiver = asyncio.ensure_future(self._receive(request, receive, handler))
+        self._handling = True
+        try:
+            await self.handle_request(request, send)
+        except asyncio.CancelledError:
+            # ours alone (the client left): end as Quart's handler task would, quietly
+            if not self._disconnected or handler.uncancel() > 0:
+                raise
+        finally:
+            self._handling = False  # no await before this: the receiver cancels nothing after it
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+        if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
+            raise receiver.exception()  # type: ignore[misc]
+
+    async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
+        """Quart's receiver; when it ends (``http.disconnect``, or an error) it cancels the running handler."""
+        try:
+            await self.handle_messages(request, receive)
+        finally:
+            if self._handling:
+                self._disconnected = True
+                handler.cancel()
+
     async def _send_response(self, send: Any, response: Any) -> None:
         body = getattr(response, "response", None)
         if not isinstance(body, (PipelineBody, StreamBody)):

@@ -32,9 +32,17 @@ def free_port() -> int:
 class ServiceThread:
     """``with ServiceThread(settings) as service: httpx.get(service.url + "/health")``."""
 
-    def __init__(self, settings: Settings | None = None, port: int | None = None, *, app: Any = None) -> None:
-        """Serve ``create_app(settings)``, or any ASGI ``app`` given instead."""
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        port: int | None = None,
+        *,
+        app: Any = None,
+        config: Config | None = None,
+    ) -> None:
+        """Serve ``create_app(settings)``, or any ASGI ``app`` given instead; under ``config`` (its bind replaced)."""
         self.port = port or free_port()
+        self.config = config
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app if app is not None else create_app(settings)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,10 +61,13 @@ class ServiceThread:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        config = Config()
+        if self.config is not None:
+            config = self.config
+        else:
+            config = Config()
+            config.graceful_timeout = 2
+            config.backlog = 4096  # a thousand students connecting at once must not overflow the accept queue
         config.bind = [f"127.0.0.1:{self.port}"]
-        config.graceful_timeout = 2
-        config.backlog = 4096  # a thousand students connecting at once must not overflow the accept queue
         config.accesslog = None
         self._loop.call_soon(self._ready.set)
         await serve(self.app, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
