@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 
-import anyio
 import attrs
 
 from pipeline.events import Text
+from pipeline.flag import Flag
 from pipeline.sse import SSEParser
 from pipeline.wire import parse_event
 
@@ -50,7 +50,7 @@ class LogWriter:
     appended: int = 0
     batches: int = 0
     _pending: list[LogFrame] = attrs.field(factory=list, init=False)
-    _wake: anyio.Event = attrs.field(factory=anyio.Event, init=False)
+    _wake: Flag = attrs.field(factory=Flag, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
     def append(self, frame: LogFrame) -> None:
@@ -118,7 +118,7 @@ class LogWriter:
                 if self._takes_at_once():
                     return  # every later frame goes in at once, in the caller's task: this task has nothing to do
                 await self._wake.wait()
-                self._wake = anyio.Event()
+                self._wake = Flag()
                 continue
             batch = self._pending[:]  # kept pending until written: a cancelled write is tried again
             try:

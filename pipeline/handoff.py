@@ -18,7 +18,7 @@ After the producer closed, the consumer still gets what is pending, then
 :class:`anyio.EndOfStream`.  After the consumer closed, every send raises
 :class:`anyio.BrokenResourceError` (a waiting one too) and what was pending is dropped.
 Using a closed end raises :class:`anyio.ClosedResourceError`.  Waits are cancellable.
-Backend-neutral (anyio events): it runs under asyncio and trio.
+Backend-neutral (:class:`~pipeline.flag.Flag`): it runs under asyncio and trio.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from typing import Generic, TypeVar
 
 import anyio
 import attrs
+
+from .flag import Flag
 
 T = TypeVar("T")
 
@@ -50,8 +52,8 @@ class _State(Generic[T]):
     send_open: bool = True
     receive_open: bool = True
     woken: bool = False
-    consumer: anyio.Event | None = None
-    producer: anyio.Event | None = None
+    consumer: Flag | None = None
+    producer: Flag | None = None
 
     def wake_consumer(self) -> None:
         if self.consumer is not None:
@@ -104,7 +106,7 @@ class HandoffSend(Generic[T]):
                 return
             except anyio.WouldBlock:
                 pass  # wait outside the handler: a wait inside it would hold the exception and its frames
-            event = self._state.producer = anyio.Event()
+            event = self._state.producer = Flag()
             await event.wait()
 
     def close(self) -> None:
@@ -155,7 +157,7 @@ class HandoffReceive(Generic[T]):
             raise anyio.ClosedResourceError
         state = self._state
         if not (state.pending or not state.send_open or state.woken):
-            event = state.consumer = anyio.Event()
+            event = state.consumer = Flag()
             try:
                 await event.wait()
             finally:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import anyio
 import sniffio
 
+from .flag import Flag
+
 
 def clock() -> Callable[[], float]:
     """A function answering what ``anyio.current_time()`` answers in this task's event loop.
@@ -48,7 +50,7 @@ class Wakeup:
     """
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event = Flag()
         self._loop: asyncio.AbstractEventLoop | bool | None = False  # False: not looked up yet
         self._timer: asyncio.TimerHandle | None = None
 
@@ -88,9 +90,9 @@ class Wakeup:
             self._timer.cancel()
             self._timer = None
         if event.is_set():  # a timer that ran out under trio leaves the event as it was: keep it
-            self._event = anyio.Event()
+            self._event = Flag()
 
-    async def _wait_for(self, event: anyio.Event, at_most: float) -> None:
+    async def _wait_for(self, event: Flag, at_most: float) -> None:
         loop = self._running_loop()
         if loop is not None:
             timer = loop.call_later(max(at_most, 0.0), event.set)
