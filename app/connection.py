@@ -48,6 +48,8 @@ class StreamingConnection(ASGIHTTPConnection):
         self._handling = True
         try:
             await self.handle_request(request, send)
+            if self._disconnected:
+                handler.uncancel()  # the handler took our cancellation itself: it is not hypercorn's task's
         except asyncio.CancelledError:
             # ours alone (the client left): end as Quart's handler task would, quietly
             if not self._disconnected or handler.uncancel() > 0:
