@@ -28,7 +28,8 @@ KEEP_ALIVE = 0.5
 
 
 def scaled_config() -> tuple[object, float]:
-    config = load_config(TOML, workers=0)
+    config = load_config(TOML)
+    config.workers = 1  # served in this process (hypercorn.asyncio.serve warns about any other count)
     factor = KEEP_ALIVE / config.keep_alive_timeout
     config.keep_alive_timeout = KEEP_ALIVE
     if config.read_timeout is not None:
