@@ -58,7 +58,7 @@ class StreamingConnection(ASGIHTTPConnection):
             self._handling = False  # no await before this: the receiver cancels nothing after it
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
-        if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
+        if not receiver.cancelled() and receiver.exception() is not None:  # gathered above: it is done
             raise receiver.exception()  # type: ignore[misc]
 
     async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
