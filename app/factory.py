@@ -22,6 +22,7 @@ from .connection import StreamingConnection
 from .conversations import ConversationIndex
 from .errors import ApiError
 from .metrics import StreamMetrics
+from .request_body import LeanRequest
 from .request_ids import install_request_ids
 from .routes import agents, chat, health, live, metrics, openai
 from .services import EXTENSION, Services
@@ -66,6 +67,7 @@ def create_app(
         agent_types = load_agent_types(settings.agents_file, model=settings.model, embedding=settings.embedding)
     app = Quart(__name__, static_folder=None)
     app.asgi_http_class = StreamingConnection
+    app.request_class = LeanRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     clients = make_clients(settings) if client is None else LettaClients.single(client)
     turn_store = store if store is not None else make_store(settings)

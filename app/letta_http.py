@@ -24,6 +24,15 @@ from pipeline.letta_raw import BODY_EXTENSION
 from .settings import LETTA_HTTP_KINDS
 
 
+TELEMETRY_HEADERS = frozenset(
+    f"x-stainless-{name}"
+    for name in ("lang", "os", "arch", "runtime", "runtime-version", "async", "retry-count", "read-timeout")
+)
+"""letta-client's telemetry headers that Letta 0.16.8 only traces, if at all.  Not sent: aiohttp keeps a
+request's headers for as long as its response is open (a stream: the whole turn).  The SDK's version
+(``X-Stainless-Package-Version``) and ``User-Agent`` are sent: Letta picks its answer's format by them."""
+
+
 def _renamed(exc: BaseException) -> BaseException:
     """aiohttp's ``exc`` as httpx's own transport would have raised it (``exc`` itself if it is not aiohttp's)."""
     if isinstance(exc, aiohttp.ServerTimeoutError):  # sock_read (and sock_connect, as ConnectionTimeoutError)
@@ -89,7 +98,7 @@ class LettaTransport(AiohttpTransport):
             response = await self.client.request(
                 request.method,
                 str(request.url),
-                headers=request.headers,
+                headers=[(k, v) for k, v in request.headers.multi_items() if k not in TELEMETRY_HEADERS],
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,

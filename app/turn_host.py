@@ -64,7 +64,8 @@ def new_id(prefix: str) -> str:
 @attrs.define(eq=False)
 class _Owned:
     agent_id: str
-    scope: anyio.CancelScope
+    work: Cancellable
+    """Cancels the work that runs the turn here (its task's handle, or the scope of an ``owning`` block)."""
 
 
 @attrs.define(eq=False)
@@ -131,18 +132,25 @@ class TurnHost:
     def start(self, agent_id: str, turn_id: str, work: Callable[[], Awaitable[Any]]) -> None:
         """Run ``work`` (a runner or a takeover of ``turn_id``) in the app's task group, renewing its lease.
 
-        Raises :class:`RuntimeError` when the host is not running (not serving, or stopped).
+        The task's own handle is what cancels it (no cancel scope of its own: one per open
+        stream fewer).  Raises :class:`RuntimeError` when the host is not running (not
+        serving, or stopped).
         """
         if self._tg is None:
             raise RuntimeError("the turn host is not running")
-        self._tg.start_soon(self._own, agent_id, turn_id, work)
+        handle: list[Cancellable] = []
+        handle.append(self._tg.start_soon(self._own, agent_id, turn_id, work, handle))
 
-    async def _own(self, agent_id: str, turn_id: str, work: Callable[[], Awaitable[Any]]) -> None:
+    async def _own(
+        self, agent_id: str, turn_id: str, work: Callable[[], Awaitable[Any]], handle: list[Cancellable]
+    ) -> None:
+        self._begin(turn_id, _Owned(agent_id, handle[0]))
         try:
-            async with self.owning(agent_id, turn_id):
-                await work()
+            await work()
         except Exception:
             log.exception("turn %s failed in its runner", turn_id)
+        finally:
+            self._end(turn_id)
 
     @asynccontextmanager
     async def owning(self, agent_id: str, turn_id: str) -> AsyncIterator[None]:
@@ -151,19 +159,26 @@ class TurnHost:
         The block is cancelled if the turn is lost to another process, or handed off
         when the host stops.
         """
-        owned = self._owned[turn_id] = _Owned(agent_id, anyio.CancelScope())
+        scope = anyio.CancelScope()
+        self._begin(turn_id, _Owned(agent_id, scope))
+        try:
+            with scope:
+                yield
+        finally:
+            self._end(turn_id)
+
+    def _begin(self, turn_id: str, owned: _Owned) -> None:
+        self._owned[turn_id] = owned
         self._idle = anyio.Event()
         if self.metrics is not None:
             self.metrics.running(1)
-        try:
-            with owned.scope:
-                yield
-        finally:
-            self._owned.pop(turn_id, None)
-            if self.metrics is not None:
-                self.metrics.running(-1)
-            if not self._owned:
-                self._idle.set()
+
+    def _end(self, turn_id: str) -> None:
+        self._owned.pop(turn_id, None)
+        if self.metrics is not None:
+            self.metrics.running(-1)
+        if not self._owned:
+            self._idle.set()
 
     @property
     def running(self) -> int:
@@ -202,7 +217,7 @@ class TurnHost:
         for turn_id, owned in list(self._owned.items()):
             log.info("handing off turn %s (the process stops; a resume elsewhere takes it over)", turn_id)
             await self.apply_shielded(owned.agent_id, Drain(turn_id, self.owner, self.grace))
-            owned.scope.cancel()
+            owned.work.cancel()
 
     async def _deadlines(self) -> None:
         while True:
@@ -252,4 +267,4 @@ class TurnHost:
             return
         if self._owned.get(turn_id) is owned:
             log.warning("turn %s was taken over by %s: stopping its runner here", turn_id, transition.record.owner)
-            owned.scope.cancel()
+            owned.work.cancel()

@@ -194,3 +194,28 @@ async def test_an_open_letta_stream_keeps_only_the_body_not_httpx_models() -> No
             await stream.close()
         finally:
             await letta.close()
+
+
+async def test_letta_gets_the_sdk_version_and_user_agent_but_not_the_telemetry_headers() -> None:
+    """Letta picks its answer's format by the SDK's version; the rest of letta-client's ``X-Stainless-*``
+    headers would only sit in aiohttp's copy of the request for as long as a stream is open."""
+    received: list[bytes] = []
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    letta = AsyncLetta(base_url=url, http_client=client(), max_retries=0, default_headers={"X-Custom": "kept"})
+    try:
+        await letta.agents.list()
+    finally:
+        await letta.close()
+        srv.close()
+        await srv.wait_closed()
+    names = {line.split(b":", 1)[0].strip().lower() for line in received[0].split(b"\r\n")[1:] if b":" in line}
+    assert {b"x-stainless-package-version", b"user-agent", b"x-custom", b"accept"} <= names
+    assert not {n for n in names if n.startswith(b"x-stainless-") and n != b"x-stainless-package-version"}

@@ -354,7 +354,7 @@ async def test_a_turn_whose_runner_died_is_taken_over_from_lettas_run(held: Any)
         assert orphan is not None
         assert orphan.run_id is not None
         host = svc(first_app).host
-        host._owned[orphan.turn_id].scope.cancel()  # replica A's runner dies (no hand-off, no cancel)
+        host._owned[orphan.turn_id].work.cancel()  # replica A's runner dies (no hand-off, no cancel)
         await until(lambda: host.running == 0)
         await anyio.sleep(0.4)  # its lease runs out
         assert held.store.runs[orphan.run_id].status == "running"  # the run goes on in Letta
