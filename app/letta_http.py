@@ -23,7 +23,6 @@ from pipeline.letta_raw import BODY_EXTENSION
 
 from .settings import LETTA_HTTP_KINDS
 
-
 TELEMETRY_HEADERS = frozenset(
     f"x-stainless-{name}"
     for name in ("lang", "os", "arch", "runtime", "runtime-version", "async", "retry-count", "read-timeout")
