@@ -10,8 +10,9 @@ the send timeout, but Quart then writes the response's last (empty) chunk, and t
 waits on the same full socket buffer — forever, for a client that neither reads nor
 closes.  Once the body reports the stall, that write gets :data:`FINAL_WRITE_SECONDS`;
 then it is abandoned, which leaves the response unfinished, so the server closes the
-connection.  A :class:`~app.stream_body.StreamBody` times its writes itself: it gets the
-hook that cancels the response's write (the same ending, at once).
+connection.  A :class:`~app.stream_body.StreamBody` times its writes itself: its
+``cancel_write`` hook ends the handler as a disconnect does (the same ending, at once, and no
+cancel scope per open stream).
 
 Quart runs each request in two tasks of its own, beside hypercorn's (the handler and a
 receiver, joined by ``asyncio.wait``).  Here the handler runs in hypercorn's task and only
@@ -39,12 +40,14 @@ FINAL_WRITE_SECONDS = 1.0
 class StreamingConnection(ASGIHTTPConnection):
     _handling = False
     _disconnected = False
+    _handler: asyncio.Task[Any] | None = None
 
     async def __call__(self, receive: Any, send: Any) -> None:
         handler = asyncio.current_task()
         assert handler is not None
+        self._handler = handler
         request = self._create_request_from_scope(send)
-        receiver = asyncio.ensure_future(self._receive(request, receive, handler))
+        receiver = asyncio.ensure_future(self._receive(request, receive))
         self._handling = True
         try:
             await self.handle_request(request, send)
@@ -61,26 +64,34 @@ class StreamingConnection(ASGIHTTPConnection):
         if not receiver.cancelled() and receiver.exception() is not None:  # gathered above: it is done
             raise receiver.exception()  # type: ignore[misc]
 
-    async def _receive(self, request: Request, receive: Any, handler: asyncio.Task[Any]) -> None:
+    async def _receive(self, request: Request, receive: Any) -> None:
         """Quart's receiver; when it ends (``http.disconnect``, or an error) it cancels the running handler."""
         try:
             await self.handle_messages(request, receive)
         finally:
-            if self._handling:
-                self._disconnected = True
-                handler.cancel()
+            self._end_handler()
+
+    def _end_handler(self) -> None:
+        """End the running handler as a disconnect does: cancelled, then returning quietly (once; none after it)."""
+        if self._handling and not self._disconnected and self._handler is not None:
+            self._disconnected = True
+            self._handler.cancel()
 
     async def _send_response(self, send: Any, response: Any) -> None:
         body = getattr(response, "response", None)
-        if not isinstance(body, (PipelineBody, StreamBody)):
+        if isinstance(body, StreamBody):
+            body.cancel_write = self._end_handler
+            try:
+                await super()._send_response(send, response)
+            finally:
+                await body.abandon()
+            return
+        if not isinstance(body, PipelineBody):
             await super()._send_response(send, response)
             return
         try:
             with anyio.CancelScope() as scope:
-                if isinstance(body, StreamBody):
-                    body.cancel_write = scope.cancel
-                else:
-                    body.on_stall = lambda: setattr(scope, "deadline", anyio.current_time() + FINAL_WRITE_SECONDS)
+                body.on_stall = lambda: setattr(scope, "deadline", anyio.current_time() + FINAL_WRITE_SECONDS)
                 await super()._send_response(send, response)
         finally:
             await body.abandon()

@@ -11,9 +11,10 @@ What the body also does, without a task or a cancel scope per frame:
 * **Keepalive.**  After ``keepalive`` seconds with nothing written, a comment
   (``: keepalive``) goes out, so proxies and the client see a live connection.
 * **Send timeout.**  A write that has not finished after ``send_timeout`` seconds (a
-  client that stopped reading) ends the response: the body cancels the write through the
-  ``cancel_write`` hook that :class:`app.connection.StreamingConnection` gives it, and the
-  connection is closed without the response's end.  The stream counts as cancelled.
+  client that stopped reading) ends the response: the body calls the ``cancel_write`` hook
+  that :class:`app.connection.StreamingConnection` gives it (which cancels the handler as a
+  disconnect does), and the connection is closed without the response's end.  The stream
+  counts as cancelled.  Only a write is ever cut short this way, never the body's release.
 * **Drain.**  When the service drains, the stream ends with the comment
   :data:`~app.stream_session.RESTARTING` and no terminal event: the client resumes
   elsewhere.
@@ -146,8 +147,11 @@ class StreamBody(ResponseBody, Generic[T]):
             error = raised
             raise
         finally:
-            self._begin_write(b"")  # Quart's last write (the response's end) is under the send timeout too
-            await self._release(error)
+            self._writing = False  # releasing writes nothing: the send timeout cannot end the handler meanwhile
+            try:
+                await self._release(error)
+            finally:
+                self._begin_write(b"")  # Quart's last write (the response's end) is under the send timeout too
         return swallowed
 
     def __aiter__(self) -> StreamBody[T]:

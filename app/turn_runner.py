@@ -33,6 +33,7 @@ from pipeline.handoff import HandoffSend
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
 from pipeline.sse import SSEEncoder
+from pipeline.stop import Stop
 from pipeline.throttle import Throttle
 
 from .frame_ids import FrameId
@@ -203,9 +204,9 @@ class TurnRunner:
         # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output
         self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)
         source = partial(letta_source, self.turn, abandon=_keep_running)
-        with anyio.CancelScope() as reading:  # the terminal frame ends the reading
-            handout = _Handout(self, TurnFramer(self.turn_id, self.seq), on_last=reading.cancel)
-            await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout)
+        reading = Stop()  # the terminal frame ends the reading (the flow's own scope: no scope of ours)
+        handout = _Handout(self, TurnFramer(self.turn_id, self.seq), on_last=reading.set)
+        await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout, stop=reading)
         return handout.last
 
     async def _hand_out(self, frames: list[LogFrame]) -> None:

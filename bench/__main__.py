@@ -1,6 +1,8 @@
 """``python -m bench [--quick] [--skip real_letta,...]``: run the benchmarks, write bench/results/latest.{md,json}.
 
 ``--quick`` (a smoke run: small N, one run per figure, no real Letta) writes quick.{md,json} instead.
+``--merge`` runs the parts not skipped and puts them into the existing latest.{json,md}: the other
+parts keep the figures of the run that made them, and the report names what was measured again, when.
 
 Sanity failures (a missing, duplicated or reordered event, a stream that did not end)
 raise and exit non-zero; timings never fail the run.
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5, quick 1)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--merge", action="store_true", help="put the parts run into the existing latest.json")
     args = parser.parse_args(argv)
+    if args.merge and args.quick:
+        parser.error("--merge puts full figures into latest.json: not with --quick")
     skip = {s for s in args.skip.split(",") if s}
     if args.quick:
         skip.add("real_letta")  # the real stack takes ~30 s to start: not a smoke run
@@ -79,9 +84,27 @@ def main(argv: list[str] | None = None) -> int:
         results["real_letta"] = real_letta.run(args.quick, runs, log_dir)
     results["loadavg_end"] = loadavg()
     results["seconds"] = round(time.monotonic() - began, 1)
+    if args.merge:
+        results = _merged(args.out / "latest.json", results, [part for part in PARTS if part not in skip])
     path = report.write(results, args.out)
     print(path.read_text())
     return 0
+
+
+def _merged(latest: Path, fresh: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """``latest``'s results with ``parts`` replaced by ``fresh``'s, and a note of when they were measured."""
+    import json
+
+    results: dict[str, Any] = json.loads(latest.read_text())
+    for part in parts:
+        results[part] = fresh[part]
+        results.get("skipped", {}).pop(part, None)
+        results.setdefault("remeasured", {})[part] = {
+            "started": fresh["started"],
+            "machine": fresh["machine"],
+            "seconds": fresh["seconds"],
+        }
+    return results
 
 
 if __name__ == "__main__":

@@ -184,6 +184,13 @@ def _classroom(res: dict[str, Any]) -> list[str]:
 
 def _concurrency(rows: list[dict[str, Any]]) -> list[str]:
     out = ["## Concurrent open streams (keepalive-only upstream; late = a gap > 1.5x the keepalive interval)", ""]
+    grace = next((x["grace_s"] for x in rows if x.get("grace_s") is not None), None)
+    if grace is not None:
+        out += [
+            f"When the clients close, every turn waits the service's resume grace ({grace:g} s here), then its",
+            "upstream run is cancelled; 'all cancelled after' counts from the close.",
+            "",
+        ]
     headers = "N|keepalive s|ramp s|upstream pool|got headers|failures|RSS idle MiB|RSS MiB|KiB/stream|service CPU %"
     headers += "|KiB/stream vs plan|gap p99 s|gap max s|late streams|cancels|all cancelled after s|client CPU %"
     headers += "|client lag ms"
@@ -364,6 +371,12 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         f"Runs per figure: {results['runs']} (after 1 warm-up). Total {results.get('seconds')} s.",
         "",
         f"Comparator (the original plan's design, its own environment): {results.get('comparator', '-')}.",
+        "",
+        *[
+            f"Measured again on {again['started']} (`--merge`, {again['seconds']} s, load average at start "
+            f"{again['machine']['loadavg']}): {part}."
+            for part, again in results.get("remeasured", {}).items()
+        ],
         "",
         *_targets(results),
         "",

@@ -79,6 +79,7 @@ async def run(args: argparse.Namespace) -> None:
         "service_token": TOKEN,
         "send_timeout": args.send_timeout,
         "resume": args.resume == "on",
+        "resume_grace": args.resume_grace,
         "redis_url": args.redis,
     }
     known = {field.name for field in attrs.fields(Settings)}
@@ -116,6 +117,7 @@ def launch(args: argparse.Namespace) -> None:
         "SERVICE_TOKEN": TOKEN,
         "STREAM_SEND_TIMEOUT_SECONDS": str(args.send_timeout),
         "STREAM_RESUME": args.resume,
+        "STREAM_RESUME_GRACE_SECONDS": str(args.resume_grace),
         "LETTA_MODEL": args.model,
         "LETTA_EMBEDDING": args.embedding,
     }
@@ -134,6 +136,9 @@ def main() -> None:
     parser.add_argument("--leading", choices=("on", "off"), default="on", help="STREAM_THROTTLE_LEADING")
     parser.add_argument("--pool", type=int, default=0)
     parser.add_argument("--resume", choices=("on", "off"), default="on", help="STREAM_RESUME")
+    parser.add_argument(
+        "--resume-grace", type=float, default=30.0, help="STREAM_RESUME_GRACE_SECONDS: how long a dropped turn waits"
+    )
     parser.add_argument("--send-timeout", type=float, default=30.0, help="STREAM_SEND_TIMEOUT_SECONDS")
     parser.add_argument("--diagnose", action="store_true", help="log GC pauses and event-loop stalls")
     parser.add_argument("--redis", default=None, help="REDIS_URL: the turn store in Redis (default: in memory)")

@@ -40,6 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .events import Keepalive
 from .keepalive import IdleKeepalive
+from .stop import Stop
 from .streams import BatchReceive, BatchSend, Feed, Send, Source, Stage
 
 
@@ -182,8 +183,10 @@ async def open_flow(
                 tg.cancel_scope.cancel()
 
 
-async def run_flow(source: Source, *parts: Stage | Feed | Boundary, sink: Send, batch: int = 64) -> None:
-    """Run ``source`` → ``parts`` into ``sink`` until the source ends; the last task is the caller's.
+async def run_flow(
+    source: Source, *parts: Stage | Feed | Boundary, sink: Send, batch: int = 64, stop: Stop | None = None
+) -> None:
+    """Run ``source`` → ``parts`` into ``sink`` until the source ends or ``stop`` is set; the last task is the caller's.
 
     ``parts`` as for :func:`open_flow`, but no keepalive (there is no reader) and no pure
     step after the last stage or boundary (fuse it into ``sink``).  The last stage or
@@ -191,13 +194,21 @@ async def run_flow(source: Source, *parts: Stage | Feed | Boundary, sink: Send, 
     to ``sink.send_nowait`` from its upstream's task (it raises :class:`anyio.WouldBlock`
     when it cannot take one at once).  ``sink`` is closed when the flow ends.  An
     exception in any part (or in ``sink``) cancels the others and is raised here; when the
-    caller's scope is cancelled, every part is cancelled and waited for.
+    caller's scope is cancelled, every part is cancelled and waited for.  Setting ``stop``
+    (also from inside ``sink``, e.g. on a last item) cancels every part the same way, and
+    ``run_flow`` returns normally: the flow's own scope is the one cancelled, no scope of the caller's.
     """
     if any(isinstance(part, IdleKeepalive) for part in parts):
         raise ValueError("a keepalive needs a reader: use open_flow")
     if parts and is_step(parts[-1]):
         raise ValueError("a pure step after the last stage has no task to run in: fuse it into the sink")
     async with anyio.create_task_group() as tg:
-        task, _, _ = _wire(tg, source, parts, batch)
-        with sink:
-            await task(sink)  # returns once its input ended: the parts before it end (and clean up) on their own
+        if stop is not None:
+            stop.add(tg.cancel_scope)
+        try:
+            task, _, _ = _wire(tg, source, parts, batch)
+            with sink:
+                await task(sink)  # returns once its input ended: the parts before it end (and clean up) on their own
+        finally:
+            if stop is not None:
+                stop.discard(tg.cancel_scope)

@@ -14,6 +14,7 @@ from pipeline.compose import run_flow
 from pipeline.events import Done, Text
 from pipeline.keepalive import IdleKeepalive
 from pipeline.source import read_source
+from pipeline.stop import Stop
 from pipeline.streams import Receive, Send
 from pipeline.throttle import Throttle
 
@@ -129,3 +130,33 @@ async def test_what_has_no_task_to_run_in_is_refused() -> None:
         await run_flow(partial(read_source, FakeStream(["a"])), relay, Upper(), sink=Sink(nowait=True))
     with pytest.raises(ValueError, match="keepalive"):
         await run_flow(partial(read_source, FakeStream(["a"])), IdleKeepalive(1.0), sink=Sink(nowait=True))
+
+
+async def test_a_stop_set_by_the_sink_ends_the_flow_and_returns_normally() -> None:
+    stream = endless("a")
+    stop = Stop()
+
+    class Last(Sink):
+        async def send(self, item: Any) -> None:
+            await super().send(item)
+            if len(self.items) == 3:
+                stop.set()  # e.g. the terminal item: nothing after it is read
+
+    sink = Last(nowait=False)
+    with anyio.fail_after(5):  # not a timing goal: a flow the stop failed to end would never return
+        await run_flow(partial(read_source, stream), relay, sink=sink, stop=stop)
+    assert sink.items == ["a", "a", "a"]
+    assert stream.closed
+    assert sink.closed
+    assert stop.watchers == 0  # the flow's scope is forgotten once it ended
+
+
+async def test_a_stop_set_before_the_flow_starts_ends_it_at_once() -> None:
+    stream = endless("a")
+    stop = Stop()
+    stop.set()
+    sink = Sink(nowait=False)
+    await run_flow(partial(read_source, stream), relay, sink=sink, stop=stop)
+    assert sink.items == []
+    assert stream.closed
+    assert sink.closed
