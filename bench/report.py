@@ -260,7 +260,8 @@ def _slow(res: dict[str, Any]) -> list[str]:
     out += [
         "",
         f"Send timeout {res['send_timeout_s']} s: {res['upstream_cancels']} of {res['streams']} upstream runs "
-        f"cancelled (their streams closed) within {res['closed_after_s']} s of the clients' last read.",
+        f"cancelled (their streams closed, then the resume grace of {res.get('grace_s', 30):g} s over) "
+        f"within {res['closed_after_s']} s of the clients' last read.",
     ]
     if res["upstream_cancels"] < res["streams"]:
         out.append(

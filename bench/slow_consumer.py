@@ -2,12 +2,14 @@
 
 N clients (each with a 4 KiB socket receive buffer, as a stalled phone rather than
 loopback's megabytes) open a stream of an upstream that writes as fast as it can,
-then never read a byte.  The kernel's socket buffers fill, then the service's: each stream may hold at
-most the throttle's bound (32 frames / 64 KiB of text) plus one item per stage link,
-after which backpressure stops it pulling from Letta.  The service's RSS is sampled
-while the streams are stalled: a plateau (not a climb) is the bound; its height over the
-idle RSS, divided by N, is the memory per stalled stream.  After the send timeout, the
-service must close every stream and cancel every upstream run.
+then never read a byte.  The kernel's socket buffers fill, then the service's: the turn's
+runner keeps reading Letta (the turn outlives a stalled client, for a resume) and the
+throttle merges the text the client has not taken, so the service holds what the upstream
+writes until the send timeout ends the stream.  The service's RSS is sampled while the
+streams are stalled; its height over the idle RSS, divided by N, is the memory per stalled
+stream (an endless flood here; a real answer is kilobytes).  After the send timeout, the
+service must close every stream, and once the resume grace (:data:`~bench.concurrency.GRACE_S`
+here) is over, cancel every upstream run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import open_stream
-from .concurrency import emulator_stats, make_agents
+from .concurrency import GRACE_S, emulator_stats, make_agents
 from .procs import Child, rss_kib
 from .stats import r
 
@@ -46,6 +48,8 @@ def run(emulator: Child, quick: bool, log_dir: Path) -> dict[str, Any]:
         emulator.url,
         "--send-timeout",
         str(send_timeout),
+        "--resume-grace",
+        str(GRACE_S),
         health="/health",
         log=log_dir / "service-slow.log",
     )
@@ -58,7 +62,7 @@ def run(emulator: Child, quick: bool, log_dir: Path) -> dict[str, Any]:
             samples, writers = await stall(svc, agent_ids, send_timeout - 1.0)
             began = time.monotonic()
             cancelled = 0
-            while time.monotonic() - began < send_timeout + 20:
+            while time.monotonic() - began < send_timeout + GRACE_S + 20:
                 cancelled = emulator_stats(emulator)["cancels"] - cancels0
                 if cancelled >= n and emulator_stats(emulator)["open"] == 0:
                     break
@@ -80,6 +84,7 @@ def run(emulator: Child, quick: bool, log_dir: Path) -> dict[str, Any]:
         "per_stalled_stream_kib": r((max(half) - idle) / n, 1),
         "closed_after_s": r(closed_after + 1.0, 1),
         "upstream_cancels": cancelled,
+        "grace_s": GRACE_S,
         "samples": samples,
     }
     print(f"  { ({k: v for k, v in row.items() if k != 'samples'}) }", flush=True)
