@@ -22,7 +22,7 @@ an ``event: error`` frame raises the SDK's status error (with the frame's JSON a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -40,10 +40,16 @@ request); a stream that takes the transport's own body lets both go.  The body m
 
 
 class RawLettaStream:
-    """One streamed response of Letta: its messages as ``dict`` values.  Close it (:meth:`close`)."""
+    """One streamed response of Letta: its messages as ``dict`` values.  Close it (:meth:`close`).
+
+    ``on_run``, if set, is called once with the run id of the first message that names one,
+    before that message is yielded (then it is unset): the reader learns the run without a
+    generator of its own around the stream.
+    """
 
     def __init__(self, client: AsyncLetta, response: Any) -> None:
         self._client = client
+        self.on_run: Callable[[str], object] | None = None
         http = response.http_response
         self.status_code: int = http.status_code
         # what an ``event: error`` frame's exception names: the request line and Letta's request id
@@ -90,8 +96,15 @@ class RawLettaStream:
 
     def _message(self, sse: ServerSentEvent) -> dict[str, Any] | None:
         if sse.event == "message":  # the common case: no error response is needed to read it
-            return message_of(sse, self._client, None)
-        return message_of(sse, self._client, self._error_response())
+            message = message_of(sse, self._client, None)
+        else:
+            message = message_of(sse, self._client, self._error_response())
+        if message is not None and self.on_run is not None:
+            run_id = message.get("run_id")
+            if isinstance(run_id, str):
+                on_run, self.on_run = self.on_run, None
+                on_run(run_id)
+        return message
 
     def _error_response(self) -> httpx.Response:
         """An httpx response standing for this one in an error (status, request line, request id)."""

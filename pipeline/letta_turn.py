@@ -60,16 +60,31 @@ class LettaTurn:
     """Called once, from the reading task, when a chunk first names the run (before it is passed on)."""
     control: AsyncLetta | None = None
 
-    async def chunks(self) -> AsyncIterator[Any]:
-        """The stream's chunks (SDK models, or ``dict`` messages from a raw stream), noting the run id on the way."""
-        async for chunk in self.stream:
+    def chunks(self) -> AsyncIterator[Any]:
+        """The stream's chunks (SDK models, or ``dict`` messages from a raw stream), noting the run id on the way.
+
+        A raw stream notes it itself (:attr:`RawLettaStream.on_run`), so its chunks come
+        straight from it, with no generator of ours in between (one step less per chunk).
+        """
+        stream = self.stream
+        if isinstance(stream, RawLettaStream):
             if self.run_id is None:
-                run_id = chunk.get("run_id") if type(chunk) is dict else getattr(chunk, "run_id", None)
+                stream.on_run = self._ran
+            return aiter(stream)
+        return self._sdk_chunks(stream)
+
+    async def _sdk_chunks(self, stream: AsyncStream[Any]) -> AsyncIterator[Any]:
+        async for chunk in stream:
+            if self.run_id is None:
+                run_id = getattr(chunk, "run_id", None)
                 if isinstance(run_id, str):
-                    self.run_id = run_id
-                    if self.on_run is not None:
-                        self.on_run(run_id)
+                    self._ran(run_id)
             yield chunk
+
+    def _ran(self, run_id: str) -> None:
+        self.run_id = run_id
+        if self.on_run is not None:
+            self.on_run(run_id)
 
     async def cancel_run(self) -> None:
         """Ask Letta to stop this turn's run (all of the agent's runs if the id is not known yet)."""

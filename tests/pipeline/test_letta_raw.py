@@ -302,3 +302,34 @@ def test_a_coded_body_is_decoded_and_a_plain_one_is_read_as_it_comes(coding: str
     assert [ch["message_type"] for ch in chunks] == [
         json.loads(sse.data)["message_type"] for sse in SSEParser().feed(wire) if not sse.data.startswith("[DONE]")
     ]
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "sdk"])
+def test_the_turn_learns_its_run_id_once_before_the_chunk_that_names_it(raw: bool) -> None:
+    """``on_run`` fires once, from the reading, before the first chunk naming the run is handed on — for
+    the raw stream (which notes it itself, no generator around it) as for the SDK's."""
+    chunks = [c.user("hi").model_copy(update={"run_id": None}), *c.answer_turn(["a", "b"])]
+    wire = letta_bytes(chunks, exclude_none=True)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=wire)
+
+    async def run() -> tuple[list[str | None], list[tuple[str, int]], str | None]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        client = AsyncLetta(base_url="http://letta.test", http_client=http, max_retries=0)
+        turn = await start_turn(client, "agent-1", "hello", raw=raw)
+        seen: list[str | None] = []
+        runs: list[tuple[str, int]] = []
+        turn.on_run = lambda run_id: runs.append((run_id, len(seen)))
+        try:
+            async for chunk in turn.chunks():
+                seen.append(chunk.get("message_type") if raw else getattr(chunk, "message_type", None))
+        finally:
+            await turn.aclose()
+            await client.close()
+        return seen, runs, turn.run_id
+
+    seen, runs, run_id = anyio.run(run)
+    assert seen[:2] == ["user_message", "ping"]
+    assert runs == [(c.RUN, 1)]  # once, after the user message (no run id) and before the ping that names it
+    assert run_id == c.RUN
