@@ -122,6 +122,15 @@ class _Handout:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._runner.live = None  # the client went away; its connection reports the detach
 
+    def call_when_ready(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once :meth:`send_nowait` would take an event (the live client took its
+        batch, or left); at once if it would now.  What lets the throttle's writer run without a task."""
+        live = self._runner.live
+        if live is None or self.last is not None:
+            callback()
+        else:
+            live.call_when_ready(callback)
+
     async def send(self, event: Event) -> None:
         frames = self._frames(event)
         if frames and self._runner.live is not None:
@@ -195,11 +204,12 @@ class TurnRunner:
     async def _pump(self, tg: TaskGroup) -> LogFrame | None:
         """Frames out until the turn's terminal event; that frame (logged, not yet handed out), if reached.
 
-        One flow, one task of its own: the source maps each chunk and pushes the events into
-        the throttle; the throttle's writer runs in this task and writes into a
+        One flow, no task of its own: the source (in this task) maps each chunk and pushes the
+        events into the throttle, whose writer runs on loop callbacks (the handout says when
+        the live client can take a frame: :meth:`_Handout.call_when_ready`) and writes into a
         :class:`_Handout`, which frames, logs and hands out each event — and takes an event
-        that is due at once straight from the source's task when the live client can take
-        its frame at once (no wake-up of this task).
+        that is due at once straight from the source when the live client can take its frame
+        at once.
         """
         # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output
         self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)

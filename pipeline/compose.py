@@ -19,7 +19,11 @@ marks asynchronous boundaries:
 
 :func:`run_flow` is the same composition for a consumer that is a send end (a *sink*)
 rather than a reader: no last link and no reader, and the last stage or boundary runs in
-the caller's own task, writing straight into the sink.
+the caller's own task, writing straight into the sink.  When the flow is pure steps and one
+boundary that can write on loop callbacks, into a sink that says when it is ready
+(:class:`~pipeline.throttle.ReadySink`), on asyncio, it needs no task at all: the source
+runs in the caller's task and the boundary's writer on loop callbacks (a timer for its
+window, a call-back when the sink has room).
 
 Leaving the context — normally, by an exception, or by cancellation (a client that
 went away) — cancels every stage still running and waits for it, so each closes its
@@ -35,6 +39,7 @@ from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+import sniffio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -42,6 +47,7 @@ from .events import Keepalive
 from .keepalive import IdleKeepalive
 from .stop import Stop
 from .streams import BatchReceive, BatchSend, Feed, Send, Source, Stage
+from .throttle import ReadySink
 
 
 @asynccontextmanager
@@ -202,6 +208,9 @@ async def run_flow(
         raise ValueError("a keepalive needs a reader: use open_flow")
     if parts and is_step(parts[-1]):
         raise ValueError("a pure step after the last stage has no task to run in: fuse it into the sink")
+    if _inline(parts, sink):
+        await _run_inline(source, parts, sink, stop)  # type: ignore[arg-type]
+        return
     async with anyio.create_task_group() as tg:
         if stop is not None:
             stop.add(tg.cancel_scope)
@@ -212,3 +221,43 @@ async def run_flow(
         finally:
             if stop is not None:
                 stop.discard(tg.cancel_scope)
+
+
+def _inline(parts: tuple[Stage | Feed | Boundary, ...], sink: Send) -> bool:
+    """Whether the flow needs no task at all: pure steps, then a boundary whose writer can run on loop
+    callbacks (``open_inline``), into a sink that says when it is ready — on asyncio."""
+    return (
+        bool(parts)
+        and callable(getattr(parts[-1], "open_inline", None))
+        and all(is_step(part) for part in parts[:-1])
+        and isinstance(sink, ReadySink)
+        and sniffio.current_async_library() == "asyncio"
+    )
+
+
+async def _run_inline(source: Source, parts: tuple[Any, ...], sink: ReadySink, stop: Stop | None) -> None:
+    """:func:`run_flow` with no task: the source runs in the caller's task, the boundary's writer on loop
+    callbacks (:class:`~pipeline.throttle.InlineWriter`).  The same contract: errors come as an exception
+    group, ``stop`` and the caller's cancellation cancel the source, ``sink`` is closed at the end."""
+    *steps, boundary = parts
+    link, writer = boundary.open_inline(fuse(*steps) if steps else None, sink)
+    failure: BaseException | None = None
+    with sink:  # type: ignore[attr-defined]
+        try:
+            with anyio.CancelScope() as scope:
+                writer.on_error = scope.cancel
+                if stop is not None:
+                    stop.add(scope)
+                try:
+                    await source(link)  # closes the link when it ends
+                    await writer.finished()
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    if stop is not None:
+                        stop.discard(scope)
+        finally:
+            writer.stop()
+    errors = [e for e in (writer.error, failure) if e is not None]
+    if errors:
+        raise BaseExceptionGroup("the flow failed", errors)

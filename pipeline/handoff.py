@@ -23,6 +23,7 @@ Backend-neutral (:class:`~pipeline.flag.Flag`): it runs under asyncio and trio.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -45,6 +46,18 @@ class HandoffStatistics:
     receive_open: bool
 
 
+class _Call:
+    """A producer that waits by callback (:meth:`HandoffSend.call_when_ready`): ``set`` calls it."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback = callback
+
+    def set(self) -> None:
+        self._callback()
+
+
 @attrs.define(eq=False)
 class _State(Generic[T]):
     limit: int
@@ -53,7 +66,7 @@ class _State(Generic[T]):
     receive_open: bool = True
     woken: bool = False
     consumer: Flag | None = None
-    producer: Flag | None = None
+    producer: Flag | _Call | None = None
 
     def wake_consumer(self) -> None:
         if self.consumer is not None:
@@ -61,9 +74,9 @@ class _State(Generic[T]):
             self.consumer = None
 
     def wake_producer(self) -> None:
-        if self.producer is not None:
-            self.producer.set()
-            self.producer = None
+        producer, self.producer = self.producer, None  # first: a callback may wait again at once
+        if producer is not None:
+            producer.set()
 
 
 def create_handoff(limit: int = 1) -> tuple[HandoffSend[T], HandoffReceive[T]]:
@@ -97,6 +110,17 @@ class HandoffSend(Generic[T]):
             raise anyio.WouldBlock
         state.pending.append(item)
         state.wake_consumer()
+
+    def call_when_ready(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once :meth:`send_nowait` would not block (now, if it would not now).
+
+        For a producer without a task of its own (a loop callback): it stands for one waiting
+        :meth:`send`, and is called when the consumer takes what is pending or leaves.
+        """
+        if self.ready():
+            callback()
+        else:
+            self._state.producer = _Call(callback)
 
     async def send(self, item: T) -> None:
         """Hand ``item`` over, waiting while ``limit`` items are pending."""

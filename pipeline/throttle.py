@@ -9,14 +9,17 @@ passes backpressure upstream.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
 
 from .coalesce import Coalescer
+from .flag import Flag
 from .streams import Feed, Receive, Send
 from .timing import Wakeup, clock
 
@@ -80,7 +83,8 @@ class Throttle:
     it (the source) pushes straight into the :class:`Coalescer` (through the pure steps
     between them, e.g. the Letta mapping), waiting only while the coalescer is full
     (backpressure), and waking the writer only when something is due sooner than it was
-    going to wake anyway.  The writer is the boundary's one task.
+    going to wake anyway.  The writer is the boundary's one task (:meth:`open`) or, into a
+    :class:`ReadySink` on asyncio, no task at all (:meth:`open_inline`, :class:`InlineWriter`).
     """
 
     def __init__(
@@ -103,6 +107,12 @@ class Throttle:
         link = CoalescingSend(coalescer, step)
         return link, link.write
 
+    def open_inline(self, step: Feed | None, sink: ReadySink) -> tuple[CoalescingSend, InlineWriter]:
+        """The send end its upstream writes to, and a writer into ``sink`` that needs no task (asyncio only)."""
+        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars, self.leading)
+        link = CoalescingSend(coalescer, step)
+        return link, InlineWriter(link, sink)
+
 
 class CoalescingSend:
     """A link whose buffer is a :class:`Coalescer`: ``send`` pushes, :meth:`write` sends what is due.
@@ -120,7 +130,7 @@ class CoalescingSend:
         self._now = clock()
         self._open = True
         self._gone = False  # the writer stopped: nobody takes anything any more
-        self._out: Send | None = None  # the writer's send end, while it is waiting (holding nothing)
+        self._out: Send | ReadySink | None = None  # the writer's send end, while it is waiting (holding nothing)
 
     def _push(self, event: object) -> None:
         coalescer = self._coalescer
@@ -215,3 +225,117 @@ class CoalescingSend:
         finally:
             self._gone = True
             self._to_sender.set()
+
+
+@runtime_checkable
+class ReadySink(Protocol):
+    """A sink that says when it can take an item: what lets a writer do without a task."""
+
+    def send_nowait(self, item: Any) -> None: ...
+
+    def call_when_ready(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (once) when ``send_nowait`` would take an item or fail for good; now, if it would now."""
+        ...
+
+
+class InlineWriter:
+    """:meth:`CoalescingSend.write` without a task, on asyncio: loop callbacks run it when there is work.
+
+    It stands in for the link's writer wake-up: an event due now schedules one run of the
+    writing loop (``call_soon``), a window's end arms one loop timer, and a sink that
+    declines an item calls it back when it can take one (``call_when_ready``).  So a
+    throttled stream costs no task, no coroutine and no cancel scope for its writer.
+
+    Contract: the owner (:func:`pipeline.compose.run_flow`) awaits :meth:`finished` once the
+    upstream closed the link; :meth:`stop` (always, when the flow ends) disarms the timer
+    and makes every later callback a no-op.  An exception from the sink ends the writer:
+    it is kept in :attr:`error`, the link's sends raise :class:`anyio.BrokenResourceError`
+    and ``on_error`` is called (the owner cancels the flow with it).
+    """
+
+    def __init__(self, link: CoalescingSend, sink: ReadySink) -> None:
+        self._link = link
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[Any] = []  # taken from the coalescer, not yet taken by the sink
+        self._next = 0
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._done = Flag()
+        self.error: BaseException | None = None
+        self.on_error: Callable[[], object] | None = None
+        link._to_writer = self  # type: ignore[assignment]  # the link wakes this instead of a task
+
+    # the link's wake-up interface (what Wakeup offers the task writer)
+    def set(self) -> None:
+        if not self._scheduled and not self._done.is_set():
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def set_at(self, when: float) -> None:
+        if when >= self._timer_at or self._done.is_set():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self._run()
+
+    def _run(self) -> None:
+        self._scheduled = False
+        if self._done.is_set():
+            return
+        link, sink = self._link, self._sink
+        coalescer = link._coalescer
+        link._out = None
+        try:
+            while True:
+                pending = self._pending
+                while self._next < len(pending):
+                    try:
+                        sink.send_nowait(pending[self._next])
+                    except anyio.WouldBlock:
+                        sink.call_when_ready(self.set)
+                        return
+                    self._next += 1
+                batch = coalescer.take(link._now()) if link._open else coalescer.flush()
+                if batch:
+                    link._to_sender.set()
+                    self._pending, self._next = batch, 0
+                    continue
+                self._pending, self._next = [], 0
+                if not link._open:
+                    self._end()
+                    return
+                deadline = coalescer.deadline
+                if deadline is not None:
+                    self.set_at(deadline)
+                link._out = sink  # holding nothing: the sender may hand over directly
+                return
+        except Exception as exc:
+            self.error = exc
+            self._end()
+            if self.on_error is not None:
+                self.on_error()
+
+    def _end(self) -> None:
+        self._done.set()
+        self._link._gone = True
+        self._link._out = None
+        self._link._to_sender.set()
+
+    async def finished(self) -> None:
+        """Return once everything the closed link held went to the sink (or the writer failed)."""
+        await self._done.wait()
+
+    def stop(self) -> None:
+        """The flow ended: no more runs, no timer.  Idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        if not self._done.is_set():
+            self._end()

@@ -136,3 +136,22 @@ async def test_a_wait_with_items_pending_does_not_yield_and_a_waiting_one_can_be
 def test_a_hand_over_holds_at_least_one_item() -> None:
     with pytest.raises(ValueError, match="at least one"):
         create_handoff(0)
+
+
+async def test_call_when_ready_calls_back_at_once_when_the_consumer_takes_and_when_it_leaves() -> None:
+    pair: tuple[HandoffSend[int], HandoffReceive[int]] = create_handoff(1)
+    send, recv = pair
+    calls: list[str] = []
+    send.call_when_ready(lambda: calls.append("now"))  # room: called at once
+    assert calls == ["now"]
+    send.send_nowait(1)
+    send.call_when_ready(lambda: calls.append("taken"))
+    assert calls == ["now"]  # full: waits for the consumer
+    assert recv.receive_nowait() == [1]
+    assert calls == ["now", "taken"]  # once
+    send.send_nowait(2)
+    send.call_when_ready(lambda: calls.append("left"))
+    recv.close()
+    assert calls == ["now", "taken", "left"]
+    with pytest.raises(anyio.BrokenResourceError):
+        send.send_nowait(3)

@@ -160,3 +160,132 @@ async def test_a_stop_set_before_the_flow_starts_ends_it_at_once() -> None:
     assert sink.items == []
     assert stream.closed
     assert sink.closed
+
+
+class ReadySink(Sink):
+    """A sink that says when it is ready (``call_when_ready``): on asyncio the throttle's writer then runs
+    without a task.  ``capacity`` items are taken at once; ``release()`` makes room and calls back."""
+
+    def __init__(self, capacity: float = float("inf")) -> None:
+        super().__init__(nowait=True)
+        self.capacity = capacity
+        self.callbacks: list[Any] = []
+        self.fail_on: Any = None
+
+    def send_nowait(self, item: Any) -> None:
+        if item == self.fail_on:
+            raise RuntimeError("sink broke")
+        if len(self.items) >= self.capacity:
+            raise anyio.WouldBlock
+        self.items.append(item)
+
+    def call_when_ready(self, callback: Any) -> None:
+        if len(self.items) < self.capacity:
+            callback()
+        else:
+            self.callbacks.append(callback)
+
+    def release(self, more: int) -> None:
+        self.capacity += more
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+def flow_tasks() -> int:
+    """Tasks of this event loop now (asyncio), or -1 (trio: not counted)."""
+    import sniffio
+
+    if sniffio.current_async_library() != "asyncio":
+        return -1
+    import asyncio
+
+    return len(asyncio.all_tasks())
+
+
+async def test_a_ready_sink_gets_every_event_in_order_and_the_writer_needs_no_task() -> None:
+    events = [Text("a"), Text("b"), Text("c"), Done()]
+    sink = ReadySink()
+    before = flow_tasks()
+    seen_tasks: list[int] = []
+
+    async def source(send: Send) -> None:
+        with send:
+            for event in events:
+                seen_tasks.append(flow_tasks())
+                await anyio.sleep(0.01)
+                await send.send(event)
+
+    await run_flow(source, Throttle(0.05), sink=sink)
+    assert "".join(e.content for e in sink.items if isinstance(e, Text)) == "abc"
+    assert isinstance(sink.items[-1], Done)
+    assert sink.closed
+    if before >= 0:  # asyncio: the source ran in the caller's task, and nothing else was started
+        assert seen_tasks == [before] * len(events)
+
+
+async def test_a_ready_sink_that_declines_holds_the_writer_and_text_merges_meanwhile() -> None:
+    sink = ReadySink(capacity=1)
+    stop_after = 40
+
+    async def source(send: Send) -> None:
+        with send:
+            for i in range(stop_after):
+                await send.send(Text(str(i % 10)))
+                await anyio.sleep(0.001)
+            await send.send(Done())
+
+    async def release_later() -> None:
+        await anyio.sleep(0.1)
+        sink.release(1000)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_later)
+        with anyio.fail_after(5):  # not a timing goal: a writer never called back would hang here
+            await run_flow(source, Throttle(0.02), sink=sink)
+    text = "".join(e.content for e in sink.items if isinstance(e, Text))
+    assert text == "".join(str(i % 10) for i in range(stop_after))  # nothing lost, nothing reordered
+    assert isinstance(sink.items[-1], Done)
+    assert len(sink.items) < stop_after  # merged while the sink declined
+
+
+async def test_a_ready_sink_that_fails_ends_the_flow_with_its_error_and_closes_the_source() -> None:
+    stream = endless("a")
+    sink = ReadySink()
+    sink.fail_on = "a"
+    with pytest.raises(BaseExceptionGroup) as caught, anyio.fail_after(5):
+        await run_flow(partial(read_source, stream), Throttle(0.0), sink=sink)
+    assert caught.group_contains(RuntimeError, match="sink broke")
+    assert stream.closed
+    assert sink.closed
+
+
+async def test_cancelling_a_flow_into_a_ready_sink_closes_all_and_leaves_no_callback_behind() -> None:
+    stream = endless("a")
+    sink = ReadySink(capacity=3)
+    with anyio.move_on_after(0.2):
+        await run_flow(partial(read_source, stream), Throttle(0.01), sink=sink)
+    assert stream.closed
+    assert sink.closed
+    taken = list(sink.items)
+    sink.release(100)  # a writer waiting on the sink is called back after its flow ended: it must do nothing
+    await anyio.sleep(0.05)  # and no window timer fires into the sink either
+    assert sink.items == taken
+
+
+async def test_a_stop_ends_a_flow_into_a_ready_sink_normally() -> None:
+    stream = endless("a")
+    stop = Stop()
+    sink = ReadySink()
+
+    async def set_later() -> None:
+        await anyio.sleep(0.05)
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(set_later)
+        with anyio.fail_after(5):
+            await run_flow(partial(read_source, stream), Throttle(0.01), sink=sink, stop=stop)
+    assert stream.closed
+    assert sink.closed
+    assert stop.watchers == 0
