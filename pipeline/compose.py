@@ -244,18 +244,13 @@ async def _run_inline(source: Source, parts: tuple[Any, ...], sink: ReadySink, s
     failure: BaseException | None = None
     with sink:  # type: ignore[attr-defined]
         try:
-            with anyio.CancelScope() as scope:
+            with stop.watching() if stop is not None else anyio.CancelScope() as scope:
                 writer.on_error = scope.cancel
-                if stop is not None:
-                    stop.add(scope)
                 try:
                     await source(link)  # closes the link when it ends
                     await writer.finished()
                 except Exception as exc:
                     failure = exc
-                finally:
-                    if stop is not None:
-                        stop.discard(scope)
         finally:
             writer.stop()
     errors = [e for e in (writer.error, failure) if e is not None]

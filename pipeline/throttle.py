@@ -103,15 +103,17 @@ class Throttle:
 
     def open(self, step: Feed | None) -> tuple[CoalescingSend, Callable[[Send], Awaitable[None]]]:
         """The send end its upstream writes to, and the writer to run as a task (sending to ``send``)."""
-        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars, self.leading)
-        link = CoalescingSend(coalescer, step)
+        link = self._link(step)
         return link, link.write
 
     def open_inline(self, step: Feed | None, sink: ReadySink) -> tuple[CoalescingSend, InlineWriter]:
         """The send end its upstream writes to, and a writer into ``sink`` that needs no task (asyncio only)."""
-        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars, self.leading)
-        link = CoalescingSend(coalescer, step)
+        link = self._link(step)
         return link, InlineWriter(link, sink)
+
+    def _link(self, step: Feed | None) -> CoalescingSend:
+        coalescer = Coalescer(self.window, self.max_chars, self.max_backlog, self.max_buffered_chars, self.leading)
+        return CoalescingSend(coalescer, step)
 
 
 class CoalescingSend:
@@ -127,6 +129,7 @@ class CoalescingSend:
         self._coalescer = coalescer
         self._step = step
         self._to_writer, self._to_sender = Wakeup(), Wakeup()
+        self._wake: _WriterWake = self._to_writer  # what wakes the writer: the task's wake-up, or an InlineWriter
         self._now = clock()
         self._open = True
         self._gone = False  # the writer stopped: nobody takes anything any more
@@ -147,13 +150,13 @@ class CoalescingSend:
         idle = coalescer.empty
         coalescer.push(event, now)  # type: ignore[arg-type]
         if coalescer.has_ready:  # something is due now: the writer must know
-            self._to_writer.set()
+            self._wake.set()
         elif idle:  # a new window began: the writer wakes when it ends (not now, only to learn when)
             deadline = coalescer.deadline
             if deadline is None:
-                self._to_writer.set()
+                self._wake.set()
             else:
-                self._to_writer.set_at(deadline)
+                self._wake.set_at(deadline)
 
     def send_nowait(self, item: object) -> None:
         if self._gone:
@@ -189,7 +192,7 @@ class CoalescingSend:
             for event in self._step.finish():
                 self._push(event)
         self._open = False
-        self._to_writer.set()
+        self._wake.set()
 
     async def aclose(self) -> None:
         self.close()
@@ -208,9 +211,8 @@ class CoalescingSend:
         try:
             with send:
                 while True:
-                    batch = coalescer.take(self._now()) if self._open else coalescer.flush()
+                    batch = self._due()
                     if batch:
-                        self._to_sender.set()
                         for event in batch:
                             await send.send(event)
                         continue
@@ -223,8 +225,31 @@ class CoalescingSend:
                     finally:
                         self._out = None
         finally:
-            self._gone = True
+            self._writer_gone()
+
+    # the writer's side, shared by :meth:`write` and :class:`InlineWriter`
+
+    def _due(self) -> list[Any]:
+        """What the writer sends now (everything once the upstream closed); a sender held by a full coalescer
+        may go on."""
+        batch = self._coalescer.take(self._now()) if self._open else self._coalescer.flush()
+        if batch:
             self._to_sender.set()
+        return batch
+
+    def _writer_gone(self) -> None:
+        """The writer stopped: nobody takes anything any more, and a waiting sender learns it."""
+        self._gone = True
+        self._out = None
+        self._to_sender.set()
+
+
+class _WriterWake(Protocol):
+    """How the link wakes its writer: now, or at a time of :func:`~pipeline.timing.clock`."""
+
+    def set(self) -> None: ...
+
+    def set_at(self, when: float) -> None: ...
 
 
 @runtime_checkable
@@ -265,7 +290,7 @@ class InlineWriter:
         self._done = Flag()
         self.error: BaseException | None = None
         self.on_error: Callable[[], object] | None = None
-        link._to_writer = self  # type: ignore[assignment]  # the link wakes this instead of a task
+        link._wake = self  # the link wakes this instead of a task
 
     # the link's wake-up interface (what Wakeup offers the task writer)
     def set(self) -> None:
@@ -290,7 +315,6 @@ class InlineWriter:
         if self._done.is_set():
             return
         link, sink = self._link, self._sink
-        coalescer = link._coalescer
         link._out = None
         try:
             while True:
@@ -302,16 +326,15 @@ class InlineWriter:
                         sink.call_when_ready(self.set)
                         return
                     self._next += 1
-                batch = coalescer.take(link._now()) if link._open else coalescer.flush()
+                batch = link._due()
                 if batch:
-                    link._to_sender.set()
                     self._pending, self._next = batch, 0
                     continue
                 self._pending, self._next = [], 0
                 if not link._open:
                     self._end()
                     return
-                deadline = coalescer.deadline
+                deadline = link._coalescer.deadline
                 if deadline is not None:
                     self.set_at(deadline)
                 link._out = sink  # holding nothing: the sender may hand over directly
@@ -324,9 +347,7 @@ class InlineWriter:
 
     def _end(self) -> None:
         self._done.set()
-        self._link._gone = True
-        self._link._out = None
-        self._link._to_sender.set()
+        self._link._writer_gone()
 
     async def finished(self) -> None:
         """Return once everything the closed link held went to the sink (or the writer failed)."""
