@@ -6,7 +6,7 @@ import string
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pipeline.events import (
@@ -189,3 +189,67 @@ def test_every_dispatched_event_carries_the_latest_cursor_sent(sent: list[tuple[
         dispatched = parser.feed(encoder.encode(attrs.evolve(event, cursor=cursor)))
         last = cursor if cursor is not None else last
         assert [e.id for e in dispatched] == ([] if isinstance(event, Keepalive) else [last])
+
+
+# The fast path (`SSEParser.data_of`) against the general one: chunks built from what can make it go wrong —
+# Letta's whole `data:` events, and fragments of lines, CRs, a BOM, ids, comments, split UTF-8.
+fragments = st.lists(
+    st.one_of(
+        st.builds(
+            lambda t: b"data: " + t.encode() + b"\n\n",
+            st.text(max_size=12).filter(lambda t: "\n" not in t and "\r" not in t),
+        ),
+        st.sampled_from(
+            [
+                b"data: a",
+                b"\n",
+                b"\n\n",
+                b"\r",
+                b"\r\n",
+                b"data:x\n\n",
+                b"id: 7\n",
+                b": c\n",
+                b"event: error\n",
+                b"retry: 5\n",
+                b"\xef\xbb\xbf",
+                b"\xc3",
+                b"\xa9",
+                b"\xff",
+                b"data: \xc3\xa9\n\n",
+                b"data: [DONE]\n\n",
+            ]
+        ),
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+@given(st.lists(fragments, max_size=10))
+@example([b"data: x\n\n", b"\xef\xbb\xbfdata: y\n\n"])  # a BOM after the stream's start is no BOM
+def test_data_of_dispatches_exactly_what_feed_would(chunks: list[bytes]) -> None:
+    fast, plain = SSEParser(), SSEParser()
+    took = 0
+    for chunk in chunks:
+        expected = plain.feed(chunk)
+        datas = fast.data_of(chunk)
+        if datas is None:
+            got = fast.feed(chunk)
+        else:
+            took += 1
+            got = [ServerSentEvent(d.decode("utf-8", "replace"), id=fast.decoder.last_event_id) for d in datas]
+        assert got == expected
+    assert fast.close() == plain.close()
+
+
+def test_data_of_takes_lettas_framing_and_declines_anything_else() -> None:
+    parser = SSEParser()
+    assert parser.data_of(b'data: {"a":1}\n\ndata: [DONE]\n\n') == [b'{"a":1}', b"[DONE]"]
+    assert parser.data_of(b"event: error\ndata: x\n\n") is None  # another field
+    assert parser.data_of(b"data: x\r\n\r\n") is None  # CRs
+    assert parser.data_of(b"data: a\ndata: b\n\n") is None  # two data lines
+    assert parser.data_of(b"data: x\n") is None  # unfinished
+    parser.feed(b"data: held")  # a partial line is held: the next whole event is not the chunk alone
+    assert parser.data_of(b"data: x\n\n") is None
+    assert parser.feed(b"\n\n") == [ServerSentEvent("held")]
+    parser.feed(b"\xc3")  # half a UTF-8 sequence is held
+    assert parser.data_of(b"data: x\n\n") is None
