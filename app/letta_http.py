@@ -21,6 +21,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from pipeline.letta_raw import BODY_EXTENSION
 
+from .letta_protocol import Transport
 from .settings import LETTA_HTTP_KINDS
 
 TELEMETRY_HEADERS = frozenset(
@@ -124,6 +125,8 @@ class LettaTransport(AiohttpTransport):
 
 def transport(kind: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """The transport ``LETTA_HTTP`` names, with ``limits`` as its pool."""
+    if kind == "httptools":
+        return Transport(max_keepalive=limits.max_keepalive_connections or 100)
     if kind == "aiohttp":
         return LettaTransport(limits=limits)
     if kind == "httpx":

@@ -22,7 +22,7 @@ class SettingsError(ValueError):
     """An environment variable has a value the service cannot use."""
 
 
-LETTA_HTTP_KINDS = ("aiohttp", "httpx")
+LETTA_HTTP_KINDS = ("httptools", "aiohttp", "httpx")
 
 
 def _env(name: str, default: Any) -> Any:
@@ -51,9 +51,11 @@ class Settings:
     """Open streams the service may hold at once (each holds one connection to Letta)."""
     letta_pool_shards: int = _env("LETTA_POOL_SHARDS", 8)
     letta_control_connections: int = _env("LETTA_CONTROL_CONNECTIONS", 256)
-    letta_http: str = _env("LETTA_HTTP", "aiohttp")
-    """The HTTP transport under the Letta clients: ``aiohttp`` (C parser) or ``httpx`` (see ``app/letta_http.py``)."""
     """Connections of the separate client that cancels runs and answers health checks."""
+    letta_http: str = _env("LETTA_HTTP", "httptools")
+    """The HTTP transport under the Letta clients: ``httptools`` (asyncio protocols that hand a stream's bytes
+    to the pipeline from the loop's callbacks, ``app/letta_protocol.py``), ``aiohttp`` or ``httpx``
+    (``app/letta_http.py``)."""
     send_timeout: float = _env("STREAM_SEND_TIMEOUT_SECONDS", 30.0)
     resume: bool = _env("STREAM_RESUME", True)
     """Keep each turn's frames in its log so a dropped stream can resume (off: no log, and a

@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 
 from pipeline.compose import run_flow
 from pipeline.events import TERMINAL_TYPES, Event, Keepalive
+from pipeline.flag import Flag
 from pipeline.handoff import HandoffSend
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
@@ -211,12 +212,25 @@ class TurnRunner:
         that is due at once straight from the source when the live client can take its frame
         at once.
         """
-        # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output
-        self.turn.on_run = lambda run_id: tg.start_soon(self._started, run_id)
+        # the run id goes to the turn's record as soon as Letta names it — in a ping, before any output.  It
+        # may be named in a loop callback (a pushing stream), where no task can be started: a task waits for it
+        named: list[str] = []
+        noted = Flag()
+        if self.turn.run_id is None:
+
+            def on_run(run_id: str) -> None:
+                named.append(run_id)
+                noted.set()
+
+            self.turn.on_run = on_run
+            tg.start_soon(self._record_run, named, noted)
         source = partial(letta_source, self.turn, abandon=_keep_running)
         reading = Stop()  # the terminal frame ends the reading (the flow's own scope: no scope of ours)
         handout = _Handout(self, TurnFramer(self.turn_id, self.seq), on_last=reading.set)
-        await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout, stop=reading)
+        try:
+            await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout, stop=reading)
+        finally:
+            noted.set()  # a turn that never named its run: the waiting task ends
         return handout.last
 
     async def _hand_out(self, frames: list[LogFrame]) -> None:
@@ -225,6 +239,12 @@ class TurnRunner:
             await self.live.send(frames)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.live = None  # the client went away; its connection reports the detach
+
+    async def _record_run(self, named: list[str], noted: Flag) -> None:
+        """Once the run is named (``noted``), record it (:meth:`_started`)."""
+        await noted.wait()
+        if named:
+            await self._started(named[0])
 
     async def _started(self, run_id: str) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from letta_client import (
     NotFoundError,
 )
 
-from pipeline.letta_raw import BODY_EXTENSION
+from pipeline.letta_raw import BODY_EXTENSION, PushBody
 
 from .errors import ApiError, NotFound, UpstreamError, UpstreamUnavailable
 from .letta_http import transport
@@ -50,7 +50,8 @@ class PoolGate(httpx.AsyncBaseTransport):
         except BaseException:
             self._slots.release()
             raise
-        response.stream = _Releasing(response.stream, self._slots.release)
+        releasing = _ReleasingPush if isinstance(response.stream, PushBody) else _Releasing
+        response.stream = releasing(response.stream, self._slots.release)
         if BODY_EXTENSION in response.extensions:  # the body handed over must release the slot too
             response.extensions[BODY_EXTENSION] = response.stream
         return response
@@ -76,6 +77,19 @@ class _Releasing(httpx.AsyncByteStream):
             release, self._release = self._release, None
             if release is not None:
                 release()
+
+
+class _ReleasingPush(_Releasing):
+    """A :class:`_Releasing` body over a :class:`~pipeline.letta_raw.PushBody`, which it still is."""
+
+    def push(self, on_data: Callable[[bytes], object], on_end: Callable[[BaseException | None], object]) -> None:
+        self._inner.push(on_data, on_end)
+
+    def pause(self) -> None:
+        self._inner.pause()
+
+    def resume(self) -> None:
+        self._inner.resume()
 
 
 def make_client(settings: Settings, *, max_connections: int | None = None) -> AsyncLetta:

@@ -81,6 +81,7 @@ async def run(args: argparse.Namespace) -> None:
         "resume": args.resume == "on",
         "resume_grace": args.resume_grace,
         "redis_url": args.redis,
+        "letta_http": args.letta_http,
     }
     known = {field.name for field in attrs.fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
@@ -120,6 +121,7 @@ def launch(args: argparse.Namespace) -> None:
         "STREAM_RESUME_GRACE_SECONDS": str(args.resume_grace),
         "LETTA_MODEL": args.model,
         "LETTA_EMBEDDING": args.embedding,
+        "LETTA_HTTP": args.letta_http,
     }
     if args.redis:
         env["REDIS_URL"] = args.redis
@@ -141,6 +143,7 @@ def main() -> None:
     )
     parser.add_argument("--send-timeout", type=float, default=30.0, help="STREAM_SEND_TIMEOUT_SECONDS")
     parser.add_argument("--diagnose", action="store_true", help="log GC pauses and event-loop stalls")
+    parser.add_argument("--letta-http", default="httptools", help="LETTA_HTTP: the transport under the Letta clients")
     parser.add_argument("--redis", default=None, help="REDIS_URL: the turn store in Redis (default: in memory)")
     parser.add_argument(
         "--workers", type=int, default=0, help="serve through the launcher with this many worker processes"

@@ -23,7 +23,7 @@ an ``event: error`` frame raises the SDK's status error (with the frame's JSON a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 import orjson
@@ -37,6 +37,23 @@ BODY_EXTENSION = "letta_stream.body"
 httpx wraps a transport's body in a stream that references the whole response (and so its
 request); a stream that takes the transport's own body lets both go.  The body must be an
 ``httpx.AsyncByteStream`` whose ``aclose`` gives the connection back."""
+
+
+@runtime_checkable
+class PushBody(Protocol):
+    """A body that hands its bytes over from the event loop's callbacks (a protocol's ``data_received``).
+
+    ``push(on_data, on_end)``: from now on ``on_data(chunk)`` for every chunk as it arrives (what arrived
+    already first), then ``on_end(error)`` once (``None``, or the failure that ended the body); neither
+    may raise.  ``pause()`` holds the chunks back (the connection stops reading) until ``resume()``.
+    ``app.letta_protocol.Body`` is one (asyncio only).
+    """
+
+    def push(self, on_data: Callable[[bytes], object], on_end: Callable[[BaseException | None], object]) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 class RawLettaStream:
@@ -74,6 +91,15 @@ class RawLettaStream:
     async def _messages(self) -> AsyncIterator[dict[str, Any]]:
         parser = SSEParser()
         async for data in self._body():
+            payloads = parser.data_of(data)  # Letta's own framing: whole `data:` events (the hot path)
+            if payloads is not None:
+                for payload in payloads:
+                    if payload.startswith(b"[DONE]"):
+                        return
+                    message = self._decoded(payload)
+                    if message is not None:
+                        yield message
+                continue
             for sse in parser.feed(data):
                 if sse.data.startswith("[DONE]"):
                     return
@@ -87,6 +113,76 @@ class RawLettaStream:
             if message is not None:
                 yield message
 
+    @property
+    def pushes(self) -> bool:
+        """Whether the stream can hand its messages over from the loop's callbacks (:meth:`push`)."""
+        return isinstance(self._chunks, PushBody)
+
+    def push(self, take: Callable[[dict[str, Any]], object], on_end: Callable[[BaseException | None], object]) -> None:
+        """Hand every message to ``take`` as its bytes arrive, then call ``on_end`` once: ``None`` at the
+        stream's end (``data: [DONE]``, or the body's), or the exception iterating would have raised.
+
+        Only when :attr:`pushes`.  The messages and the end are exactly those of ``async for`` (the same
+        parsing, the same ``on_run``); ``take`` and ``on_end`` run in loop callbacks and must not raise
+        (an exception from ``take`` ends the stream with it).  :meth:`pause` and :meth:`resume` hold the
+        bytes back (backpressure); :meth:`close` ends the delivery.
+        """
+        body: PushBody = self._chunks
+        parser = SSEParser()
+        ended = False
+
+        def end(error: BaseException | None) -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                on_end(error)
+
+        def on_data(data: bytes) -> None:
+            if ended:
+                return
+            try:
+                payloads = parser.data_of(data)
+                if payloads is not None:
+                    for payload in payloads:
+                        if payload.startswith(b"[DONE]"):
+                            end(None)
+                            return
+                        message = self._decoded(payload)
+                        if message is not None:
+                            take(message)
+                    return
+                self._take_events(parser.feed(data), take, end)
+            except Exception as exc:
+                end(exc)
+
+        def on_body_end(error: BaseException | None) -> None:
+            if error is None and not ended:
+                try:
+                    self._take_events(parser.close(), take, end)
+                except Exception as exc:
+                    error = exc
+            end(error)
+
+        body.push(on_data, on_body_end)
+
+    def _take_events(
+        self, events: list[ServerSentEvent], take: Callable[[dict[str, Any]], object], end: Callable[[None], None]
+    ) -> None:
+        for sse in events:
+            if sse.data.startswith("[DONE]"):
+                end(None)
+                return
+            message = self._message(sse)
+            if message is not None:
+                take(message)
+
+    def pause(self) -> None:
+        """Hold the pushed bytes back until :meth:`resume`."""
+        self._chunks.pause()
+
+    def resume(self) -> None:
+        self._chunks.resume()
+
     def _body(self) -> AsyncIterator[bytes]:
         """The body's bytes: straight from the transport's stream (httpx's decoding and re-chunking
         layers would each cost a generator step per chunk and change nothing), or decoded."""
@@ -94,16 +190,31 @@ class RawLettaStream:
             return self._chunks.__aiter__()  # type: ignore[no-any-return]
         return self._response.aiter_bytes()  # type: ignore[no-any-return]
 
+    def _decoded(self, payload: bytes) -> dict[str, Any] | None:
+        """The message of a ``message`` event's undecoded data (:meth:`SSEParser.data_of`), as :meth:`_message`."""
+        try:
+            found = orjson.loads(payload)
+        except orjson.JSONDecodeError:  # as the parser reads it: bad UTF-8 as replacement characters
+            found = orjson.loads(payload.decode("utf-8", "replace"))
+        message = found if type(found) is dict else None
+        if message is not None and self.on_run is not None:
+            self._note_run(message)
+        return message
+
+    def _note_run(self, message: dict[str, Any]) -> None:
+        assert self.on_run is not None
+        run_id = message.get("run_id")
+        if isinstance(run_id, str):
+            on_run, self.on_run = self.on_run, None
+            on_run(run_id)
+
     def _message(self, sse: ServerSentEvent) -> dict[str, Any] | None:
         if sse.event == "message":  # the common case: no error response is needed to read it
             message = message_of(sse, self._client, None)
         else:
             message = message_of(sse, self._client, self._error_response())
         if message is not None and self.on_run is not None:
-            run_id = message.get("run_id")
-            if isinstance(run_id, str):
-                on_run, self.on_run = self.on_run, None
-                on_run(run_id)
+            self._note_run(message)
         return message
 
     def _error_response(self) -> httpx.Response:

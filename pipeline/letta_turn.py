@@ -36,7 +36,7 @@ from letta_client import (
 from .content import Image, letta_input
 from .events import Error
 from .letta_raw import RawLettaStream, open_raw_stream
-from .source import CLOSE_TIMEOUT, aclose_quietly, read_source
+from .source import CLOSE_TIMEOUT, aclose_quietly, read_pushed, read_source
 from .stop import Stop
 from .streams import Send
 
@@ -57,7 +57,8 @@ class LettaTurn:
     stream: AsyncStream[Any] | RawLettaStream
     run_id: str | None = None
     on_run: Callable[[str], object] | None = None
-    """Called once, from the reading task, when a chunk first names the run (before it is passed on)."""
+    """Called once when a chunk first names the run (before it is passed on): from the reading task, or, for a
+    stream that pushes (:meth:`pushing`), from a loop callback — so it must not need a task (start none)."""
     control: AsyncLetta | None = None
 
     def chunks(self) -> AsyncIterator[Any]:
@@ -72,6 +73,16 @@ class LettaTurn:
                 stream.on_run = self._ran
             return aiter(stream)
         return self._sdk_chunks(stream)
+
+    def pushing(self) -> RawLettaStream | None:
+        """The stream, if it can push its messages from the loop's callbacks (noting the run id as
+        :meth:`chunks` does); ``None`` if it must be iterated."""
+        stream = self.stream
+        if not isinstance(stream, RawLettaStream) or not stream.pushes:
+            return None
+        if self.run_id is None:
+            stream.on_run = self._ran
+        return stream
 
     async def _sdk_chunks(self, stream: AsyncStream[Any]) -> AsyncIterator[Any]:
         async for chunk in stream:
@@ -192,9 +203,15 @@ async def letta_source(
     """
     finished = False
     try:
-        finished = await read_source(
-            turn.chunks(), send, on_error=describe_upstream_error, stop=stop, on_stop=lambda: SHUTTING_DOWN
-        )
+        pushing = turn.pushing()
+        if pushing is not None:  # Letta's bytes handed over by the connection's callbacks: no task step per chunk
+            finished = await read_pushed(
+                pushing, send, on_error=describe_upstream_error, stop=stop, on_stop=lambda: SHUTTING_DOWN
+            )
+        else:
+            finished = await read_source(
+                turn.chunks(), send, on_error=describe_upstream_error, stop=stop, on_stop=lambda: SHUTTING_DOWN
+            )
     finally:
         if not finished:
             if abandon is None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
+from .flag import Flag
 from .stop import Stop
 from .streams import Send
 
@@ -63,6 +64,116 @@ async def read_source(
             return finished
         finally:
             await aclose_quietly(items)
+
+
+class Pushing(Protocol):
+    """A source that hands its items over from the event loop's callbacks instead of being iterated.
+
+    ``push(take, on_end)`` starts the delivery: ``take(item)`` for every item, then ``on_end(error)``
+    once (``None`` at the end, or the exception iterating would have raised).  ``pause()`` holds the
+    items back until ``resume()``.  :class:`~pipeline.letta_raw.RawLettaStream` over a
+    :class:`~pipeline.letta_raw.PushBody` is one.
+    """
+
+    def push(self, take: Callable[[Any], object], on_end: Callable[[BaseException | None], object]) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+async def read_pushed(
+    source: Pushing,
+    send: Send,
+    *,
+    on_error: Callable[[Exception], Any] | None = None,
+    stop: Stop | None = None,
+    on_stop: Callable[[], Any] | None = None,
+) -> bool:
+    """:func:`read_source` for a source that pushes its items: the same contract, without a task step per item.
+
+    Each item goes to ``send.send_nowait`` from the callback that delivered it; only when ``send``
+    declines one (it is full: backpressure) is the source paused and what it still delivers kept, in
+    order, for this task to send (waiting), before the source resumes.  The source is closed at the end,
+    as :func:`read_source` closes its iterable.
+    """
+    with send:
+        try:
+            if stop is None:
+                return await _pump_pushed(source, send, on_error)
+            finished: bool | None = None
+            with stop.watching():
+                finished = await _pump_pushed(source, send, on_error)
+            if finished is None:
+                if on_stop is not None:
+                    await send.send(on_stop())
+                return False
+            return finished
+        finally:
+            await aclose_quietly(source)
+
+
+class _Delivery:
+    """What a pushing source's callbacks leave for the task that waits for them: items ``send`` declined,
+    the end, a failure; and the flag that wakes that task."""
+
+    __slots__ = ("backlog", "ended", "error", "send", "source", "woken")
+
+    def __init__(self, source: Pushing, send: Send) -> None:
+        self.source = source
+        self.send = send
+        self.backlog: list[Any] = []  # a list: an empty deque holds a block of ~0.7 KiB
+        self.ended = False
+        self.error: BaseException | None = None
+        self.woken = Flag()
+
+    def take(self, item: Any) -> None:
+        if self.ended:
+            return
+        if self.backlog:  # an earlier item waits for room: this one waits behind it
+            self.backlog.append(item)
+            return
+        try:
+            self.send.send_nowait(item)
+        except anyio.WouldBlock:
+            self.backlog.append(item)
+            self.source.pause()
+            self.woken.set()
+        except Exception as exc:  # as `send.send` raising it: the sink failed or went away
+            self.end(exc)
+            self.source.pause()
+
+    def end(self, error: BaseException | None) -> None:
+        if not self.ended:
+            self.ended, self.error = True, error
+            self.woken.set()
+
+
+async def _pump_pushed(source: Pushing, send: Send, on_error: Callable[[Exception], Any] | None) -> bool:
+    delivery = _Delivery(source, send)
+    source.push(delivery.take, delivery.end)
+    try:
+        while True:
+            await delivery.woken.wait()
+            delivery.woken = Flag()
+            backlog = delivery.backlog
+            while backlog:  # the item being sent stays first: anything delivered meanwhile queues behind it
+                await send.send(backlog[0])
+                del backlog[0]
+            if delivery.ended:
+                if delivery.error is not None:
+                    raise delivery.error
+                return True
+            source.resume()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return False
+    except Exception as exc:
+        if on_error is None:
+            raise
+        await send.send(on_error(exc))
+        return False
 
 
 async def _pump(items: AsyncIterable[Any], send: Send, on_error: Callable[[Exception], Any] | None) -> bool:

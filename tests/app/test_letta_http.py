@@ -1,8 +1,8 @@
-"""The aiohttp transport under the Letta clients (``app/letta_http.py``), against real sockets.
+"""The transports under the Letta clients (``app/letta_protocol.py``, ``app/letta_http.py``), against real sockets.
 
 Each failure must reach letta-client and the pipeline under the name httpx's own
 transport gives it (a refused connection is not a timeout), and a stream must arrive
-chunk by chunk as it is written.
+chunk by chunk as it is written — whichever transport ``LETTA_HTTP`` picks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from letta_client import APIConnectionError, APIStatusError, APITimeoutError, AsyncLetta
 
 from app.letta_http import LettaTransport, transport
+from app.letta_protocol import Transport
 from app.settings import Settings, SettingsError, settings_from_env
 from app.upstream import PoolGate, make_client
 from devstack._proc import free_port
@@ -48,16 +49,25 @@ async def server(handler: Handler) -> AsyncIterator[str]:
         await srv.wait_closed()
 
 
-def client(timeout: float = 5.0) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=LettaTransport(limits=httpx.Limits(max_connections=4)), timeout=timeout)
+KINDS = ("httptools", "aiohttp")
+"""The transports that must keep httpx's contract (``httpx`` is httpx's own)."""
 
 
-async def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def client(kind: str = "aiohttp", timeout: float = 5.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=transport(kind, httpx.Limits(max_connections=4)), timeout=timeout)
+
+
+async def test_a_refused_connection_is_a_connect_error_not_a_timeout(kind: str) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    async with client() as http:
+    async with client(kind) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(url + "/v1/health/")
-    letta = AsyncLetta(base_url=url, max_retries=0, http_client=client())
+    letta = AsyncLetta(base_url=url, max_retries=0, http_client=client(kind))
     try:
         with pytest.raises(APIConnectionError) as caught:
             await letta.agents.list()
@@ -66,22 +76,22 @@ async def test_a_refused_connection_is_a_connect_error_not_a_timeout() -> None:
         await letta.close()
 
 
-async def test_a_server_that_hangs_up_before_answering_is_a_protocol_error() -> None:
+async def test_a_server_that_hangs_up_before_answering_is_a_protocol_error(kind: str) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         return
 
-    async with server(hang_up) as url, client() as http:
+    async with server(hang_up) as url, client(kind) as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await http.get(url + "/")
 
 
-async def test_a_stream_cut_mid_body_is_a_transport_error_raised_while_reading() -> None:
+async def test_a_stream_cut_mid_body_is_a_transport_error_raised_while_reading(kind: str) -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         writer.write(b"8\r\ndata: 1\n\r\n")
         await writer.drain()
 
-    async with server(cut) as url, client() as http, http.stream("GET", url + "/") as response:
+    async with server(cut) as url, client(kind) as http, http.stream("GET", url + "/") as response:
         assert response.status_code == 200
         got: list[bytes] = []
 
@@ -95,7 +105,7 @@ async def test_a_stream_cut_mid_body_is_a_transport_error_raised_while_reading()
         assert b"".join(got) == b"data: 1\n"
 
 
-async def test_a_response_that_is_not_http_is_a_protocol_error() -> None:
+async def test_a_response_that_is_not_http_is_a_protocol_error(kind: str) -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nnot a chunk size\r\n")
         await writer.drain()
@@ -105,12 +115,12 @@ async def test_a_response_that_is_not_http_is_a_protocol_error() -> None:
             async for _ in response.aiter_raw():
                 pass
 
-    async with server(garbage) as url, client() as http:
+    async with server(garbage) as url, client(kind) as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await read_all(http, url)
 
 
-async def test_chunks_arrive_as_they_are_written_and_silence_is_a_read_timeout() -> None:
+async def test_chunks_arrive_as_they_are_written_and_silence_is_a_read_timeout(kind: str) -> None:
     written = asyncio.Event()
     release = asyncio.Event()
 
@@ -120,7 +130,7 @@ async def test_chunks_arrive_as_they_are_written_and_silence_is_a_read_timeout()
         written.set()
         await release.wait()
 
-    async with server(slow) as url, client(timeout=0.5) as http, http.stream("GET", url + "/") as response:
+    async with server(slow) as url, client(kind, timeout=0.5) as http, http.stream("GET", url + "/") as response:
         chunks = response.aiter_raw()
         assert await chunks.__anext__() == b"first\n"  # before the server writes anything more
         assert written.is_set()
@@ -131,31 +141,32 @@ async def test_chunks_arrive_as_they_are_written_and_silence_is_a_read_timeout()
 
 def test_the_setting_picks_the_transport_and_a_bad_value_names_the_variable() -> None:
     limits = httpx.Limits(max_connections=2)
+    assert isinstance(transport("httptools", limits), Transport)
     assert isinstance(transport("aiohttp", limits), LettaTransport)
     assert type(transport("httpx", limits)) is httpx.AsyncHTTPTransport
-    assert settings_from_env({"SERVICE_AUTH": "off"}).letta_http == "aiohttp"
+    assert settings_from_env({"SERVICE_AUTH": "off"}).letta_http == "httptools"
     assert settings_from_env({"SERVICE_AUTH": "off", "LETTA_HTTP": "httpx"}).letta_http == "httpx"
     with pytest.raises(SettingsError, match="LETTA_HTTP='curl'"):
         settings_from_env({"SERVICE_AUTH": "off", "LETTA_HTTP": "curl"})
 
 
-async def test_the_service_client_reads_through_the_gate_and_aiohttp() -> None:
+async def test_the_service_client_reads_through_the_gate_and_the_chosen_transport(kind: str) -> None:
     async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]")
         await writer.drain()
 
     async with server(ok) as url:
-        letta = make_client(Settings(letta_base_url=url), max_connections=2)
+        letta = make_client(Settings(letta_base_url=url, letta_http=kind), max_connections=2)
         try:
             gate = letta._client._transport  # the http client letta-client was given
             assert isinstance(gate, PoolGate)
-            assert isinstance(gate._inner, LettaTransport)
+            assert isinstance(gate._inner, {"httptools": Transport, "aiohttp": LettaTransport}[kind])
             assert await letta.agents.list() is not None
         finally:
             await letta.close()
 
 
-async def test_an_open_letta_stream_keeps_only_the_body_not_httpx_models() -> None:
+async def test_an_open_letta_stream_keeps_only_the_body_not_httpx_models(kind: str) -> None:
     """A stream open for minutes holds the transport's body only: httpx's response and its request
     (headers, the JSON body) are let go once it opens, and an ``event: error`` still names the status."""
     go_on = asyncio.Event()
@@ -175,7 +186,7 @@ async def test_an_open_letta_stream_keeps_only_the_body_not_httpx_models() -> No
 
     async with server(sse) as url:
         http = httpx.AsyncClient(
-            transport=LettaTransport(limits=httpx.Limits(max_connections=2)), event_hooks={"response": [keep]}
+            transport=transport(kind, httpx.Limits(max_connections=2)), event_hooks={"response": [keep]}
         )
         letta = AsyncLetta(base_url=url, http_client=http, max_retries=0)
         try:

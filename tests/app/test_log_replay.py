@@ -63,6 +63,9 @@ class _Turn:
         async for chunk in self.stream:
             yield chunk
 
+    def pushing(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
 

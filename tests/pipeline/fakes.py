@@ -69,6 +69,10 @@ class FakeTurn:
             self.run_id = self.run_id or getattr(chunk, "run_id", None)
             yield chunk
 
+    def pushing(self) -> None:
+        """Iterated, never pushing (:class:`FakePushing` stands for a pushing stream)."""
+        return None
+
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()  # real closing does I/O: it must run shielded when the turn is cancelled
         self.closed = True
@@ -76,3 +80,51 @@ class FakeTurn:
     async def cancel_run(self) -> None:
         await anyio.lowlevel.checkpoint()
         self.cancelled = True
+
+
+class FakePushing:
+    """A source that pushes (:class:`pipeline.source.Pushing`), driven by the test with :meth:`deliver`.
+
+    Like a connection: a :meth:`pause` stops later deliveries (:meth:`deliver` waits while paused),
+    but the items of one delivery (one chunk of bytes) all go out, also after a pause inside it.
+    """
+
+    def __init__(self) -> None:
+        self.take: Any = None
+        self.on_end: Any = None
+        self.started = anyio.Event()
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.closed = False
+        self._resumed: anyio.Event | None = None
+
+    def push(self, take: Any, on_end: Any) -> None:
+        self.take, self.on_end = take, on_end
+        self.started.set()
+
+    def pause(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resumes += 1
+        if self._resumed is not None:
+            self._resumed.set()
+
+    async def deliver(self, *items: Any) -> None:
+        """Hand ``items`` over as one chunk, once the source is not paused (and the reader started)."""
+        await self.started.wait()
+        while self.paused:
+            self._resumed = anyio.Event()
+            await self._resumed.wait()
+        for item in items:
+            self.take(item)
+        await anyio.lowlevel.checkpoint()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.on_end(error)
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -333,3 +333,26 @@ def test_the_turn_learns_its_run_id_once_before_the_chunk_that_names_it(raw: boo
     assert seen[:2] == ["user_message", "ping"]
     assert runs == [(c.RUN, 1)]  # once, after the user message (no run id) and before the ping that names it
     assert run_id == c.RUN
+
+
+def test_lettas_own_chunks_take_the_fast_path_and_read_as_the_parser_reads_them() -> None:
+    """One whole ``data:`` event per chunk (as Letta writes them), bad UTF-8 included: the same messages as
+    the line-by-line parser, which reads bad bytes as replacement characters."""
+    frames = [
+        b'data: {"message_type": "assistant_message", "content": "caf\xc3\xa9"}\n\n',
+        b'data: {"message_type": "assistant_message", "content": "a\xffb"}\n\ndata: [1]\n\n',
+        b"data: [DONE]\n\n",
+        b'data: {"message_type": "assistant_message", "content": "after done"}\n\n',
+    ]
+
+    async def read(pieces: list[bytes]) -> list[dict[str, Any]]:
+        return [m async for m in RawLettaStream(CLIENT, FakeBody(pieces))]
+
+    assert SSEParser().data_of(frames[1]) is not None  # the fast path is the one taken
+    byte_by_byte = [bytes([b]) for b in b"".join(frames)]  # never whole events: the general parser
+    expected = [
+        {"message_type": "assistant_message", "content": "café"},
+        {"message_type": "assistant_message", "content": "a\ufffdb"},
+    ]
+    assert anyio.run(read, frames) == expected
+    assert anyio.run(read, byte_by_byte) == expected
