@@ -1,11 +1,12 @@
-"""The HTTP transport under the service's Letta clients.
+"""The HTTP transports under the service's Letta clients, and the one ``LETTA_HTTP`` picks.
 
 letta-client talks httpx; by default httpx's own transport (httpcore, pure Python) reads
 every chunk of every stream.  Measured reading 300 streams of 40 deltas/s from the bench's
-emulator on this machine: 103 µs of CPU per delta through httpcore, 37 µs through
-aiohttp (its parser is C), behind the same httpx interface.  So the service uses
-``aiohttp`` through ``httpx-aiohttp`` — the transport letta-client itself ships as its
-``aiohttp`` extra (``DefaultAioHttpClient``) — unless ``LETTA_HTTP=httpx``.
+emulator: 103 µs of CPU per delta through httpcore, 37 µs through aiohttp (its parser is C),
+behind the same httpx interface.  The service's default, ``httptools``, goes further: the
+connections are asyncio protocols that hand a stream's bytes to the pipeline from
+``data_received`` (:mod:`app.letta_protocol`).  ``aiohttp`` (through ``httpx-aiohttp``, the
+transport letta-client itself ships as its ``aiohttp`` extra) and ``httpx`` remain choices.
 
 :class:`LettaTransport` is that transport with the failures named as httpx would name
 them: httpx-aiohttp reports a refused connection and a server that hung up as

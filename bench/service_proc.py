@@ -82,6 +82,7 @@ async def run(args: argparse.Namespace) -> None:
         "resume_grace": args.resume_grace,
         "redis_url": args.redis,
         "letta_http": args.letta_http,
+        "gc_young_threshold": args.gc_young,
     }
     known = {field.name for field in attrs.fields(Settings)}
     settings = Settings(**{k: v for k, v in values.items() if k in known})
@@ -122,6 +123,7 @@ def launch(args: argparse.Namespace) -> None:
         "LETTA_MODEL": args.model,
         "LETTA_EMBEDDING": args.embedding,
         "LETTA_HTTP": args.letta_http,
+        "GC_YOUNG_THRESHOLD": str(args.gc_young),
     }
     if args.redis:
         env["REDIS_URL"] = args.redis
@@ -143,6 +145,7 @@ def main() -> None:
     )
     parser.add_argument("--send-timeout", type=float, default=30.0, help="STREAM_SEND_TIMEOUT_SECONDS")
     parser.add_argument("--diagnose", action="store_true", help="log GC pauses and event-loop stalls")
+    parser.add_argument("--gc-young", type=int, default=50_000, help="GC_YOUNG_THRESHOLD (0: CPython's defaults)")
     parser.add_argument("--letta-http", default="httptools", help="LETTA_HTTP: the transport under the Letta clients")
     parser.add_argument("--redis", default=None, help="REDIS_URL: the turn store in Redis (default: in memory)")
     parser.add_argument(

@@ -10,7 +10,8 @@ underneath.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -50,20 +51,55 @@ async def read_source(
     ``on_stop()`` (if given) is sent as the last item, and ``False`` is returned.
     Cancellation is never turned into an item.
     """
+    return await _read(partial(_pump, items, send), items, send, on_error, stop, on_stop)
+
+
+async def _read(
+    pump: Callable[[], Awaitable[None]],
+    owned: object,
+    send: Send,
+    on_error: Callable[[Exception], Any] | None,
+    stop: Stop | None,
+    on_stop: Callable[[], Any] | None,
+) -> bool:
+    """Run ``pump`` as :func:`read_source` promises (errors, stop, the end); close ``send`` and ``owned``."""
     with send:
         try:
             if stop is None:
-                return await _pump(items, send, on_error)
+                return await _guarded(pump, send, on_error)
             finished: bool | None = None
             with stop.watching():  # no task: setting the stop cancels this scope
-                finished = await _pump(items, send, on_error)
+                finished = await _guarded(pump, send, on_error)
             if finished is None:  # `stop` cancelled the reading
                 if on_stop is not None:
                     await send.send(on_stop())
                 return False
             return finished
         finally:
-            await aclose_quietly(items)
+            await aclose_quietly(owned)
+
+
+async def _guarded(
+    pump: Callable[[], Awaitable[None]], send: Send, on_error: Callable[[Exception], Any] | None
+) -> bool:
+    """Whether ``pump`` read its source to the end; a failure is ``on_error``'s last item (or raised)."""
+    try:
+        await pump()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return False
+    except Exception as exc:
+        if on_error is None:
+            raise
+        await send.send(on_error(exc))
+        return False
+    return True
+
+
+async def _pump(items: AsyncIterable[Any], send: Send) -> None:
+    async for item in items:
+        await send.send(item)
 
 
 class Pushing(Protocol):
@@ -97,20 +133,7 @@ async def read_pushed(
     order, for this task to send (waiting), before the source resumes.  The source is closed at the end,
     as :func:`read_source` closes its iterable.
     """
-    with send:
-        try:
-            if stop is None:
-                return await _pump_pushed(source, send, on_error)
-            finished: bool | None = None
-            with stop.watching():
-                finished = await _pump_pushed(source, send, on_error)
-            if finished is None:
-                if on_stop is not None:
-                    await send.send(on_stop())
-                return False
-            return finished
-        finally:
-            await aclose_quietly(source)
+    return await _read(partial(_pump_pushed, source, send), source, send, on_error, stop, on_stop)
 
 
 class _Delivery:
@@ -149,44 +172,18 @@ class _Delivery:
             self.woken.set()
 
 
-async def _pump_pushed(source: Pushing, send: Send, on_error: Callable[[Exception], Any] | None) -> bool:
+async def _pump_pushed(source: Pushing, send: Send) -> None:
     delivery = _Delivery(source, send)
     source.push(delivery.take, delivery.end)
-    try:
-        while True:
-            await delivery.woken.wait()
-            delivery.woken = Flag()
-            backlog = delivery.backlog
-            while backlog:  # the item being sent stays first: anything delivered meanwhile queues behind it
-                await send.send(backlog[0])
-                del backlog[0]
-            if delivery.ended:
-                if delivery.error is not None:
-                    raise delivery.error
-                return True
-            source.resume()
-    except anyio.get_cancelled_exc_class():
-        raise
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        return False
-    except Exception as exc:
-        if on_error is None:
-            raise
-        await send.send(on_error(exc))
-        return False
-
-
-async def _pump(items: AsyncIterable[Any], send: Send, on_error: Callable[[Exception], Any] | None) -> bool:
-    try:
-        async for item in items:
-            await send.send(item)
-    except anyio.get_cancelled_exc_class():
-        raise
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        return False
-    except Exception as exc:
-        if on_error is None:
-            raise
-        await send.send(on_error(exc))
-        return False
-    return True
+    while True:
+        await delivery.woken.wait()
+        delivery.woken = Flag()
+        backlog = delivery.backlog
+        while backlog:  # the item being sent stays first: anything delivered meanwhile queues behind it
+            await send.send(backlog[0])
+            del backlog[0]
+        if delivery.ended:
+            if delivery.error is not None:
+                raise delivery.error
+            return
+        source.resume()

@@ -306,3 +306,22 @@ async def _run_one_turn(count: int, stream: Answer) -> None:
     events = [e for sse in SSEParser().feed(data) if (e := parse_event(sse.data)) is not None]
     assert "".join(e.content for e in events if isinstance(e, Text)) == "".join(f"{seq};" for seq in range(count))
     assert isinstance(events[-1], Done)
+
+
+async def test_a_request_the_server_does_not_read_is_a_write_timeout() -> None:
+    ready = asyncio.Event()
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ready.set()
+        await asyncio.sleep(5)  # reads nothing: the request's bytes fill the socket buffers
+        writer.close()
+
+    srv = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(transport=Transport(), timeout=httpx.Timeout(5.0, write=0.2)) as http:
+            with pytest.raises(httpx.WriteTimeout):
+                await http.post(url, content=b"x" * (64 << 20))
+    finally:
+        srv.close()
+        await srv.wait_closed()
