@@ -182,14 +182,20 @@ class SSEParser:
 
     _lines: LineSplitter = attrs.field(factory=LineSplitter, init=False)
     decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
+    _idle: bool = attrs.field(default=True, init=False)
+    """Nothing is held (no partial line or UTF-8 sequence, no event being assembled): as of the last call."""
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Events completed by ``chunk``."""
-        return self._events(self._lines.feed(chunk))
+        events = self._events(self._lines.feed(chunk))
+        self._idle = self._lines.idle and self.decoder.idle
+        return events
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream: what is left unterminated is discarded, as the spec says."""
-        return self._events(self._lines.close())
+        events = self._events(self._lines.close())
+        self._idle = self._lines.idle and self.decoder.idle
+        return events
 
     def data_of(self, chunk: bytes) -> list[bytes] | None:
         """The undecoded data of the events ``chunk`` completes, when ``chunk`` is nothing but whole events of
@@ -201,14 +207,18 @@ class SSEParser:
         text decoding, no :class:`ServerSentEvent` per chunk.  The parser's state advances as
         :meth:`feed` would leave it.
         """
-        if not chunk.endswith(b"\n\n") or b"\r" in chunk or not self._lines.idle or not self.decoder.idle:
+        if not self._idle or not chunk.startswith(b"data: ") or not chunk.endswith(b"\n\n") or b"\r" in chunk:
             return None
-        datas = chunk[:-2].split(b"\n\n")
-        for data in datas:
-            if not data.startswith(b"data: ") or b"\n" in data:
-                return None
+        if chunk.count(b"\n") == 2:  # one event: the common case
+            datas = [chunk[6:-2]]
+        else:
+            datas = chunk[:-2].split(b"\n\n")
+            for data in datas:
+                if not data.startswith(b"data: ") or b"\n" in data:
+                    return None
+            datas = [data[6:] for data in datas]
         self._lines.started()
-        return [data[6:] for data in datas]
+        return datas
 
     def _events(self, lines: Iterable[str]) -> list[ServerSentEvent]:
         out = []
