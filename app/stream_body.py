@@ -62,14 +62,22 @@ Pump = Callable[[], Coroutine[Any, Any, None]]
 
 
 class _Ending:
-    """What the drain signal and the turn host cancel: it ends the body with ``last`` (if any)."""
+    """What the drain signal and the turn host cancel: it ends the body with ``last`` (if any).
+
+    The body and its endings refer to each other until the body is released (:meth:`detach`):
+    then nothing of a finished stream waits for the garbage collector.
+    """
 
     def __init__(self, body: StreamBody[Any], last: bytes) -> None:
-        self._body = body
+        self._body: StreamBody[Any] | None = body
         self._last = last
 
     def cancel(self) -> None:
-        self._body.end(self._last)
+        if self._body is not None:
+            self._body.end(self._last)
+
+    def detach(self) -> None:
+        self._body = None
 
 
 class StreamBody(ResponseBody, Generic[T]):
@@ -216,6 +224,8 @@ class StreamBody(ResponseBody, Generic[T]):
         if session.draining is not None:
             session.draining.discard(self._drained)
         session.host.discard_reader(session.reader, self._superseded)
+        self._drained.detach()
+        self._superseded.detach()
         with anyio.CancelScope(shield=True):
             await session.finalize(self._entered, error)
 

@@ -82,6 +82,12 @@ class RawLettaStream:
         if http.headers.get("content-encoding", "identity").lower() in ("identity", ""):
             # httpx's own wrapper of the body holds the response: take the transport's body if it offers it
             self._chunks = http.extensions.get(BODY_EXTENSION, http.stream)
+            if self._chunks is not http.stream:
+                # httpx's wrapper and the response refer to each other: a cycle that only the collector
+                # frees, which takes the request and its headers with it.  The response is let go now, so
+                # it refers to the transport's body directly (closing it still closes that) and is freed
+                # at once instead.
+                http.stream = self._chunks
         else:
             self._response = http
 

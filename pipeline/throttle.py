@@ -238,9 +238,14 @@ class CoalescingSend:
         return batch
 
     def _writer_gone(self) -> None:
-        """The writer stopped: nobody takes anything any more, and a waiting sender learns it."""
+        """The writer stopped: nobody takes anything any more, and a waiting sender learns it.
+
+        An :class:`InlineWriter` standing in for the wake-up is let go, so the link and the
+        writer (which refer to each other) are freed by reference counting, not left to the collector.
+        """
         self._gone = True
         self._out = None
+        self._wake = self._to_writer
         self._to_sender.set()
 
 

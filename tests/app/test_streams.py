@@ -368,3 +368,34 @@ async def test_a_write_longer_than_the_keepalive_does_not_put_the_next_keepalive
     with anyio.fail_after(2):  # the send timeout (30 s) must not be what brings the next keepalive
         chunks = await drive(body, react)
     assert b": keepalive\n\n" in chunks
+
+
+async def test_a_finished_stream_leaves_nothing_for_the_garbage_collector(app: Quart) -> None:
+    """A stream's body, its session and its turn's runner are freed by reference counting once the
+    turn is over, not left in cycles for the collector (whose passes stall every other stream)."""
+    import gc
+
+    from app.stream_body import _Ending
+    from app.turn_runner import TurnRunner
+
+    kinds = (StreamBody, _Ending, StreamSession, TurnRunner)
+
+    def left() -> list[str]:
+        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)]
+
+    agent_id = await new_agent(app, "collector")
+    await stream_until_done(app, agent_id)  # the first turn builds what the app keeps (clients, the agent index)
+    gc.collect()
+    gc.disable()  # a cycle now stays in the collector's lists, where get_objects() finds it
+    try:
+        response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "hi"})
+        assert isinstance(list(decode_events([await response.get_data()]))[-1], Done)
+        del response
+        for _ in range(500):  # the turn is released just after its last frame: give it up to 5 s
+            if not left():
+                break
+            await anyio.sleep(0.01)
+        remaining = left()
+    finally:
+        gc.enable()
+    assert remaining == []

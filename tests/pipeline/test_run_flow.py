@@ -289,3 +289,36 @@ async def test_a_stop_ends_a_flow_into_a_ready_sink_normally() -> None:
     assert stream.closed
     assert sink.closed
     assert stop.watchers == 0
+
+
+async def test_a_finished_flow_leaves_nothing_for_the_garbage_collector() -> None:
+    """The throttle's link and its writer (on asyncio, an InlineWriter: they refer to each other while
+    the flow runs) are freed by reference counting when the flow ends: a class's turns ending together
+    leave no pile of cycles for one long collector pass."""
+    import gc
+
+    from pipeline.throttle import CoalescingSend, InlineWriter
+
+    def left() -> list[str]:
+        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, (CoalescingSend, InlineWriter))]
+
+    gc.collect()
+    assert left() == []
+    gc.disable()  # a cycle now stays in the collector's lists, where get_objects() finds it
+    try:
+        sink = ReadySink(capacity=2)
+
+        async def release_later() -> None:
+            await anyio.sleep(0.05)
+            sink.release(1000)  # the writer waited on the sink by callback meanwhile
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release_later)
+            await run_flow(
+                partial(read_source, FakeStream([Text("a"), Text("b"), Text("c"), Done()])), Throttle(0.01), sink=sink
+            )
+        assert isinstance(sink.items[-1], Done)
+        remaining = left()
+    finally:
+        gc.enable()
+    assert remaining == []
