@@ -5,8 +5,11 @@ deltas delivered per second over all streams, from the first request to the last
 ``done``.  **Classroom**: 300 students whose streams start spread over 1 s, each answer
 40 deltas/s for 10 s (a class asking at once, at a model's pace): the target process's
 CPU while it serves them, and every delta's delay from the emulator's write to the
-client's read (p50/p99 over all deltas of all streams).  Each figure reuses its students'
-agents; a first, short pass (not counted) lets a service learn them, as it would have at startup.
+client's read (p50/p99 over all deltas of all streams).  Then the same for smaller classes
+(:data:`CLASS_SIZES`, medians of 3 runs): how large a class one process serves within a delay.  Each figure
+reuses its students' agents; a first, short pass (not counted) lets a service learn them,
+as it would have at startup.  The emulator's CPU and the whole machine's are reported too:
+on a small machine the emulator, the client, the kernel's loopback and the target share the cores.
 
 One client process (raw asyncio sockets, :mod:`bench.client`) reads every stream and
 checks each (all deltas, in order, ended); its own CPU is reported so it can be seen
@@ -23,8 +26,11 @@ from typing import Any
 
 from .client import StreamResult, one_stream
 from .concurrency import make_agents
-from .procs import Child, cpu_seconds, loadavg, tree_cpu_seconds
+from .procs import Child, cpu_seconds, host_ticks, loadavg, tree_cpu_seconds
 from .stats import median, pct, r
+
+CLASS_SIZES = (50, 100, 150, 200)
+"""Smaller classes measured after the full one (same rate, length and 1 s spread of starts)."""
 
 
 async def streams(
@@ -73,8 +79,15 @@ def measure(
         res.check(5, f"warm-up {i}")
     per_run = []
     for _ in range(max(runs, 1)):
+        emulator_cpu, (busy, total) = cpu_seconds(emulator.pid), host_ticks()
         results, wall, cpu, client_cpu = asyncio.run(streams(target, agent_ids, message, spread_s, 120.0))
-        per_run.append(figures(results, count, wall, cpu, client_cpu))
+        emulator_cpu = cpu_seconds(emulator.pid) - emulator_cpu
+        busy_now, total_now = host_ticks()
+        host = {
+            "emulator_cpu_pct": emulator_cpu / wall * 100,
+            "host_busy_pct": (busy_now - busy) / max(total_now - total, 1) * 100,  # all cores: 100 = every core busy
+        }
+        per_run.append(figures(results, count, wall, cpu, client_cpu) | host)
     return {k: r(median([run[k] for run in per_run]), 2) for k in per_run[0]}
 
 
@@ -90,13 +103,23 @@ def throughput(emulator: Child, targets: dict[str, Child], quick: bool, runs: in
     return out
 
 
-def classroom(emulator: Child, targets: dict[str, Child], quick: bool) -> dict[str, Any]:
+def classroom(emulator: Child, targets: dict[str, Child], quick: bool, runs: int = 3) -> dict[str, Any]:
+    """The class of ``n`` at once (one run: it is long); then smaller classes (medians of ``runs``), to show
+    how large a class one process serves in time."""
     n, rate, seconds = (40, 40, 2) if quick else (300, 40, 10)
     count = rate * seconds
+    message = f"class [count {count}] [rate {rate}]"
     out: dict[str, Any] = {"streams": n, "rate": rate, "seconds": seconds, "spread_s": 1.0}
     for name, target in targets.items():
-        message = f"class [count {count}] [rate {rate}]"
         out[name] = measure(emulator, target, n, message, count, 1, spread_s=1.0)  # one run: it is long
         out[name]["loadavg"] = loadavg()
         print(f"  classroom {n}x{rate}/s {name:22} {out[name]}", flush=True)
+    sizes: list[dict[str, Any]] = []
+    for size in (10, 20) if quick else CLASS_SIZES:
+        row: dict[str, Any] = {"streams": size}
+        for name, target in targets.items():
+            row[name] = measure(emulator, target, size, message, count, runs, spread_s=1.0)
+            print(f"  class of {size:3} x{rate}/s {name:22} {row[name]}", flush=True)
+        sizes.append(row)
+    out["class_sizes"] = sizes  # a list: the report's per-target rows are the dicts above
     return out
