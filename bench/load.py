@@ -122,4 +122,5 @@ def classroom(emulator: Child, targets: dict[str, Child], quick: bool, runs: int
             print(f"  class of {size:3} x{rate}/s {name:22} {row[name]}", flush=True)
         sizes.append(row)
     out["class_sizes"] = sizes  # a list: the report's per-target rows are the dicts above
+    out["class_size_runs"] = runs
     return out

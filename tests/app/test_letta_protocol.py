@@ -28,6 +28,7 @@ from pipeline.letta_turn import LettaTurn, letta_source, start_turn
 from pipeline.sse import SSEParser
 from pipeline.wire import parse_event
 from tests.app.test_log_replay import AGENT, TURN, _Canceller
+from tests.collector import alive, collector_held
 
 pytestmark = pytest.mark.anyio
 
@@ -331,7 +332,6 @@ async def test_the_http_response_let_go_at_the_start_is_freed_at_once() -> None:
     """A raw stream keeps only the transport's body; httpx's response (with its request and headers),
     which httpx's body wrapper refers back to, is freed by reference counting right away — not left in a
     cycle for the collector, one per turn."""
-    import gc
 
     async def stream(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         frames = delta(0) + b"data: [DONE]\n\n"
@@ -340,22 +340,15 @@ async def test_the_http_response_let_go_at_the_start_is_freed_at_once() -> None:
         await writer.drain()
         return True
 
-    def responses() -> int:
-        return sum(1 for o in gc.get_objects() if isinstance(o, httpx.Response))
-
     async with server(stream) as (url, _):
         letta = AsyncLetta(base_url=url, max_retries=0, http_client=httpx.AsyncClient(transport=Transport()))
         try:
-            gc.collect()
-            gc.disable()  # a cycle now stays in the collector's lists, where get_objects() finds it
-            try:
+            with collector_held():
                 raw = await open_raw_stream(letta, "agent-1", input="hi")
-                left = responses()
+                left = alive(httpx.Response)
                 got = [message async for message in raw]
                 await raw.close()
-            finally:
-                gc.enable()
         finally:
             await letta.close()
     assert [m["content"] for m in got] == ["0;"]
-    assert left == 0
+    assert left == []

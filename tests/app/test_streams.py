@@ -18,14 +18,16 @@ from app.metrics import StreamMetrics
 from app.services import EXTENSION, Services
 from app.store import LogFrame, LogMeta
 from app.store.memory import MemoryStore
-from app.stream_body import StreamBody, pump
+from app.stream_body import StreamBody, _Ending, pump
 from app.stream_session import RESTARTING, StreamSession
 from app.turn_host import TurnHost
 from app.turn_machine import Adopt, Claim, Finish, Started
+from app.turn_runner import TurnRunner
 from pipeline.events import Done, Error, Text
 from pipeline.handoff import HandoffReceive, HandoffSend, create_handoff
 from pipeline.sse import SSEEncoder, decode_events
 from pipeline.stop import Stop
+from tests.collector import alive, collector_held
 
 from .fake_letta import make_fake
 
@@ -373,29 +375,16 @@ async def test_a_write_longer_than_the_keepalive_does_not_put_the_next_keepalive
 async def test_a_finished_stream_leaves_nothing_for_the_garbage_collector(app: Quart) -> None:
     """A stream's body, its session and its turn's runner are freed by reference counting once the
     turn is over, not left in cycles for the collector (whose passes stall every other stream)."""
-    import gc
-
-    from app.stream_body import _Ending
-    from app.turn_runner import TurnRunner
-
     kinds = (StreamBody, _Ending, StreamSession, TurnRunner)
-
-    def left() -> list[str]:
-        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)]
-
     agent_id = await new_agent(app, "collector")
     await stream_until_done(app, agent_id)  # the first turn builds what the app keeps (clients, the agent index)
-    gc.collect()
-    gc.disable()  # a cycle now stays in the collector's lists, where get_objects() finds it
-    try:
+    with collector_held():
         response = await app.test_client().post("/chat/stream", json={"agent_id": agent_id, "message": "hi"})
         assert isinstance(list(decode_events([await response.get_data()]))[-1], Done)
         del response
         for _ in range(500):  # the turn is released just after its last frame: give it up to 5 s
-            if not left():
+            if not alive(*kinds):
                 break
             await anyio.sleep(0.01)
-        remaining = left()
-    finally:
-        gc.enable()
+        remaining = alive(*kinds)
     assert remaining == []

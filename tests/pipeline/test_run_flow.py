@@ -16,7 +16,8 @@ from pipeline.keepalive import IdleKeepalive
 from pipeline.source import read_source
 from pipeline.stop import Stop
 from pipeline.streams import Receive, Send
-from pipeline.throttle import Throttle
+from pipeline.throttle import CoalescingSend, InlineWriter, Throttle
+from tests.collector import alive, collector_held
 
 from .fakes import FakeStream, endless
 
@@ -295,17 +296,9 @@ async def test_a_finished_flow_leaves_nothing_for_the_garbage_collector() -> Non
     """The throttle's link and its writer (on asyncio, an InlineWriter: they refer to each other while
     the flow runs) are freed by reference counting when the flow ends: a class's turns ending together
     leave no pile of cycles for one long collector pass."""
-    import gc
-
-    from pipeline.throttle import CoalescingSend, InlineWriter
-
-    def left() -> list[str]:
-        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, (CoalescingSend, InlineWriter))]
-
-    gc.collect()
-    assert left() == []
-    gc.disable()  # a cycle now stays in the collector's lists, where get_objects() finds it
-    try:
+    kinds = (CoalescingSend, InlineWriter)
+    with collector_held():
+        assert alive(*kinds) == []
         sink = ReadySink(capacity=2)
 
         async def release_later() -> None:
@@ -318,7 +311,5 @@ async def test_a_finished_flow_leaves_nothing_for_the_garbage_collector() -> Non
                 partial(read_source, FakeStream([Text("a"), Text("b"), Text("c"), Done()])), Throttle(0.01), sink=sink
             )
         assert isinstance(sink.items[-1], Done)
-        remaining = left()
-    finally:
-        gc.enable()
+        remaining = alive(*kinds)
     assert remaining == []
