@@ -31,6 +31,7 @@ import math
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import httptools
 import httpx
@@ -285,8 +286,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are no asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
         self._last = self.loop.time()

@@ -33,9 +33,13 @@ from tests.collector import alive, collector_held
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # asyncio's protocols: the transport is asyncio only
+@pytest.fixture(
+    params=[pytest.param("asyncio", id="asyncio"), pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """asyncio's protocols (the transport is asyncio only), on asyncio's own loop and on uvloop's
+    (hypercorn's ``worker_class = "uvloop"``, whose transports are not ``asyncio.Transport`` subclasses)."""
+    return request.param
 
 
 Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
