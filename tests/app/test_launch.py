@@ -18,12 +18,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.launch import main
 from bench.letta_emulator import parse_stamps
 from devstack._proc import free_port, wait_http_ok
 from devstack.replicas import REPO_ROOT, ServiceProcess, launcher_workers, served_by, session_members
 from pipeline.events import Done, Text
-from pipeline.sse import SSEParser
-from pipeline.wire import parse_event
+from pipeline.sse import decode_events
 
 GRACEFUL_TIMEOUT = 10  # hypercorn.toml
 
@@ -206,12 +206,9 @@ def test_the_port_taken_is_a_clear_error(tmp_path: Path) -> None:
 def test_uvloop_is_refused_clearly_when_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("app.launch")
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError, as when not installed
     config = tmp_path / "hypercorn.toml"
     config.write_text('bind = ["127.0.0.1:1"]\nworker_class = "uvloop"\nworkers = 2\n')
-    from app.launch import main
-
     assert main(["--config", str(config)]) == 2
     assert 'worker_class = "uvloop" but uvloop is not installed' in capsys.readouterr().err
 
@@ -225,12 +222,10 @@ def test_a_worker_on_uvloop_streams_a_whole_turn(emulator: str, tmp_path: Path) 
     service = ServiceProcess(free_port(), service_env(emulator), tmp_path / "launch.log", config=config)
     service.start()
     try:
-        parser, events = SSEParser(), []
         body = {"agent_id": agent_id, "message": "bench [count 50] [rate 500]"}
         with httpx.stream("POST", f"{service.url}/chat/stream", json=body, timeout=30) as response:
             assert response.status_code == 200, response.read()
-            for chunk in response.iter_bytes():
-                events += [parse_event(sse.data) for sse in parser.feed(chunk)]
+            events = list(decode_events(response.iter_bytes()))
         text = "".join(e.content for e in events if isinstance(e, Text))
         assert [seq for seq, _ in parse_stamps(text)] == list(range(50)), events
         assert isinstance(events[-1], Done), events
