@@ -37,9 +37,9 @@ class ServiceEntry:
         await self._app(scope, receive, send)
 
     async def drain(self) -> None:
-        """The server is about to stop: end open streams resumably and hand their turns off.
+        """The server is about to shut down: end open streams resumably and hand their turns off.
 
-        Called by the launcher (:mod:`app.launch`) in each worker when a stop signal
+        Called by the launcher (:mod:`app.launch`) in each worker when SIGTERM or SIGINT
         arrives, before hypercorn closes connections; returns once the streams ended
         (bounded).  Safe to call more than once, and before the app was built.
         """

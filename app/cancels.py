@@ -1,7 +1,7 @@
-"""Cancelling abandoned Letta runs from a queue, a few at a time.
+"""Cancelling Letta runs nobody reads any more, from a queue, a few at a time.
 
-Closing a Letta stream does not stop its run, so every stream the client abandons
-ends with a cancel request.  Sent from each stream's own teardown, a burst of
+Closing a Letta stream does not end its run, so every stream the client leaves
+before its end ends with a cancel request.  Sent from each stream's own teardown, a burst of
 disconnects (a class closing their laptops, a proxy restart) becomes thousands of
 requests at once: the HTTP pool thrashes, per-request time limits fire while the
 requests still wait for a connection, and most cancels never reach Letta.  Here a
@@ -69,17 +69,17 @@ class RunCanceller:
             self._count("dropped")
             log.warning("cancel of Letta run %s not queued (queue full or closed)", run_id)
 
-    async def abandon(self, turn: LettaTurn) -> None:
-        """The pipeline's ``abandon`` hook: queue the turn's cancel."""
+    async def queue(self, turn: LettaTurn) -> None:
+        """Queue the cancel of ``turn``'s run: the pipeline's ``unfinished`` hook."""
         self.submit(turn.agent_id, turn.run_id)
 
-    async def run(self, stopping: Callable[[], Awaitable[object]]) -> None:
-        """Send cancels until ``stopping()`` returns, then those still queued, then return."""
+    async def run(self, shutdown: Callable[[], Awaitable[object]]) -> None:
+        """Send cancels until ``shutdown()`` returns, then those still queued, then return."""
         send, recv = self._queue
         async with anyio.create_task_group() as tg:
             for _ in range(self.workers):
                 tg.start_soon(self._work, recv)
-            await stopping()
+            await shutdown()
             send.close()
 
     async def _work(self, recv: MemoryObjectReceiveStream[RunRef]) -> None:

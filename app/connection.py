@@ -9,7 +9,7 @@ A client that stops reading ends a :class:`~app.sse_body.PipelineBody`'s pipelin
 the send timeout, but Quart then writes the response's last (empty) chunk, and that write
 waits on the same full socket buffer — forever, for a client that neither reads nor
 closes.  Once the body reports the stall, that write gets :data:`FINAL_WRITE_SECONDS`;
-then it is abandoned, which leaves the response unfinished, so the server closes the
+then it is given up, which leaves the response unfinished, so the server closes the
 connection.  A :class:`~app.stream_body.StreamBody` times its writes itself: its
 ``cancel_write`` hook ends the handler as a disconnect does (the same ending, at once, and no
 cancel scope per open stream).
@@ -84,7 +84,7 @@ class StreamingConnection(ASGIHTTPConnection):
             try:
                 await super()._send_response(send, response)
             finally:
-                await body.abandon()
+                await body.after_response()
             return
         if not isinstance(body, PipelineBody):
             await super()._send_response(send, response)
@@ -94,4 +94,4 @@ class StreamingConnection(ASGIHTTPConnection):
                 body.on_stall = lambda: setattr(scope, "deadline", anyio.current_time() + FINAL_WRITE_SECONDS)
                 await super()._send_response(send, response)
         finally:
-            await body.abandon()
+            await body.after_response()

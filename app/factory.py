@@ -11,7 +11,7 @@ from letta_client import AsyncLetta
 from quart import Quart
 from werkzeug.exceptions import HTTPException
 
-from pipeline.stop import Stop
+from pipeline.halt import Halt
 
 from .agent_types import AgentTypes, load_agent_types
 from .agents import AgentRegistry
@@ -103,10 +103,10 @@ def create_app(
     @app.before_serving
     async def start_background() -> None:
         shutdown = cast(asyncio.Event, app.shutdown_event)  # Quart types it as a Protocol without wait()
-        svc.draining = Stop()  # a fresh one for each time the app serves
-        host.stopped = anyio.Event()
+        svc.draining = Halt()  # a fresh one for each time the app serves
+        host.closed = anyio.Event()
         # the cancel queue outlives the host: turns still ending at shutdown may cancel runs
-        app.add_background_task(canceller.run, host.stopped.wait)
+        app.add_background_task(canceller.run, host.closed.wait)
         app.add_background_task(host.run, shutdown.wait)
 
     @app.before_serving

@@ -15,7 +15,7 @@ passes their file descriptors to the new process).  A worker rewrites its config
 binds to ``fd://<n>`` for those descriptors, so ``serve()`` listens on the shared
 sockets and the kernel spreads new connections over the workers.
 
-**Stopping.**  On SIGTERM or SIGINT the parent sends SIGTERM to every worker (workers
+**Shutting down.**  On SIGTERM or SIGINT the parent sends SIGTERM to every worker (workers
 ignore SIGINT: a Ctrl-C reaches the whole process group, and the parent decides).  A
 worker's shutdown trigger then first awaits :meth:`app.ServiceEntry.drain` — open streams
 end resumably and their turns are handed off — and only then returns, so hypercorn
@@ -43,7 +43,7 @@ live gauges, so ``GET /metrics`` in any worker shows every worker's counts
 
 **Compared with ``hypercorn app:app -c hypercorn.toml``.**  hypercorn's own CLI still
 works with the same file (its own worker processes, stopped through a shared event).
-There the app learns of a stop only at ASGI lifespan shutdown, after hypercorn has
+There the app learns of the shutdown only at ASGI lifespan shutdown, after hypercorn has
 closed its listeners and waited ``graceful_timeout`` for open connections — open
 streams are cut at that timeout instead of being drained first, and the metrics of its
 workers are not combined (each ``/metrics`` answer is one worker's).  Deploy with this
@@ -82,7 +82,7 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # the same name as app.metric
 DRAIN_LIMIT: Final = 30.0  # a backstop: drain() bounds itself (DRAIN_SECONDS)
 MAX_RESTARTS: Final = 5
 RESTART_WINDOW: Final = 60.0
-STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+SHUTDOWN_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("app.launch")
 
@@ -173,14 +173,14 @@ class _Announcing:
         await self.app(scope, receive, announce)
 
 
-async def serve_until_stopped(
-    config: Config, stop: asyncio.Event, started: Callable[[], None] = lambda: None, *, entry: Service | None = None
+async def serve_until_shutdown(
+    config: Config, shutdown: asyncio.Event, started: Callable[[], None] = lambda: None, *, entry: Service | None = None
 ) -> None:
-    """Serve ``app:app`` (or ``entry``) until ``stop`` is set; then drain the app, then let hypercorn stop."""
+    """Serve ``app:app`` (or ``entry``) until ``shutdown`` is set; then drain the app, then let hypercorn shut down."""
     app = service() if entry is None else entry
 
-    async def drained_stop() -> None:
-        await stop.wait()
+    async def drain_then_shut_down() -> None:
+        await shutdown.wait()
         began = time.monotonic()
         log.info("draining")
         try:
@@ -191,7 +191,7 @@ async def serve_until_stopped(
         except Exception:
             log.exception("drain failed; stopping anyway")
 
-    await serve(_Announcing(app, started), config, shutdown_trigger=drained_stop)
+    await serve(_Announcing(app, started), config, shutdown_trigger=drain_then_shut_down)
 
 
 def _run(
@@ -199,26 +199,26 @@ def _run(
 ) -> None:
     with asyncio.Runner(loop_factory=loop_factory(config.worker_class)) as runner:
 
-        async def with_stop() -> None:
-            stop = asyncio.Event()
-            on_loop(stop)
-            await main(stop)
+        async def with_shutdown() -> None:
+            shutdown = asyncio.Event()
+            on_loop(shutdown)
+            await main(shutdown)
 
-        runner.run(with_stop())
+        runner.run(with_shutdown())
 
 
 def serve_in_process(config: Config) -> int:
     """``workers = 0``: serve here; SIGTERM/SIGINT drain and stop."""
 
-    def on_loop(stop: asyncio.Event) -> None:
+    def on_loop(shutdown: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop.set)
+        for sig in SHUTDOWN_SIGNALS:
+            loop.add_signal_handler(sig, shutdown.set)
 
     config = copy.copy(config)
     config.workers = 1  # what serve() expects: this one process
     try:
-        _run(lambda stop: serve_until_stopped(config, stop, _ready_in_process), config, on_loop)
+        _run(lambda shutdown: serve_until_shutdown(config, shutdown, _ready_in_process), config, on_loop)
     except Exception as exc:  # the app did not start (a bad setting), or the sockets could not be bound
         log.error("the service failed: %s", exc)
         return 1
@@ -244,21 +244,21 @@ def worker_main(config: Config, sockets: Sockets, started: EventType) -> None:
         config.quic_bind = _fd_binds(sockets.quic_sockets)
     config.workers = 1  # serve() serves one process; the count meant nothing more here
 
-    def on_loop(stop: asyncio.Event) -> None:
+    def on_loop(shutdown: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, shutdown.set)
         parent = multiprocessing.parent_process()
         if parent is not None:  # readable once the parent exits: stop rather than serve orphaned
 
             def orphaned() -> None:
                 loop.remove_reader(parent.sentinel)
                 log.warning("the launcher is gone; stopping")
-                stop.set()
+                shutdown.set()
 
             loop.add_reader(parent.sentinel, orphaned)
 
     try:
-        _run(lambda stop: serve_until_stopped(config, stop, started.set), config, on_loop)
+        _run(lambda shutdown: serve_until_shutdown(config, shutdown, started.set), config, on_loop)
     except Exception as exc:
         log.error("worker failed: %s", exc)
         sys.exit(1)
@@ -274,16 +274,16 @@ class Launcher:
         self.config = config
         self.ctx = multiprocessing.get_context("spawn")
         self.workers: dict[int, tuple[BaseProcess, EventType]] = {}  # pid → (process, started)
-        self.stopping = False
+        self.shutting_down = False
         self.failed = 0  # the exit code when something went wrong
         self.restarts: deque[float] = deque()
-        self.stop_deadline: float | None = None
+        self.shutdown_deadline: float | None = None
         self.metrics_dir: str | None = None
         self.own_metrics_dir = False
         self.serving: set[int] = set()  # workers whose app started
 
     @property
-    def stop_timeout(self) -> float:
+    def shutdown_timeout(self) -> float:
         """How long workers get to stop: the drain, hypercorn's graceful close, Quart's after-serving steps."""
         return DRAIN_LIMIT + 2 * self.config.graceful_timeout + 15
 
@@ -297,9 +297,9 @@ class Launcher:
         except OSError as exc:
             self._remove_metrics_dir()
             raise LaunchError(f"cannot listen on {', '.join(self.config.bind)}: {exc}") from exc
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        previous = {sig: signal.getsignal(sig) for sig in SHUTDOWN_SIGNALS}
         try:
-            for sig in STOP_SIGNALS:
+            for sig in SHUTDOWN_SIGNALS:
                 signal.signal(sig, self._on_signal)
             for _ in range(self.config.workers):
                 self._spawn(sockets)
@@ -345,18 +345,18 @@ class Launcher:
         assert process.pid is not None
         self.workers[process.pid] = (process, started)
         log.info("worker %d started", process.pid)
-        if self.stopping:  # a stop signal arrived while it was starting
+        if self.shutting_down:  # a shutdown signal arrived while it was starting
             os.kill(process.pid, signal.SIGTERM)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.workers))
-        self.stop()
+        self.shut_down()
 
-    def stop(self) -> None:
+    def shut_down(self) -> None:
         """Tell every worker to drain and stop (idempotent)."""
-        if not self.stopping:
-            self.stopping = True
-            self.stop_deadline = time.monotonic() + self.stop_timeout
+        if not self.shutting_down:
+            self.shutting_down = True
+            self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
         for process, _ in self.workers.values():
             if process.pid is not None and process.exitcode is None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -374,16 +374,16 @@ class Launcher:
                 self.serving.discard(pid)
                 self._forget_metrics(pid)
                 self._exited(pid, process.exitcode, started.is_set(), sockets)
-            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+            if self.shutdown_deadline is not None and time.monotonic() > self.shutdown_deadline:
                 for pid, (process, _) in self.workers.items():
                     if process.exitcode is None:
-                        log.error("worker %d did not stop within %.0f s: killing it", pid, self.stop_timeout)
+                        log.error("worker %d did not stop within %.0f s: killing it", pid, self.shutdown_timeout)
                         process.kill()
                 self.failed = self.failed or 1
-                self.stop_deadline = None
+                self.shutdown_deadline = None
 
     def _announce(self) -> None:
-        if self.stopping:
+        if self.shutting_down:
             return
         for pid, (_, started) in self.workers.items():
             if pid not in self.serving and started.is_set():
@@ -393,7 +393,7 @@ class Launcher:
                     log.info("ready: all %d workers serving", self.config.workers)
 
     def _exited(self, pid: int, code: int, had_started: bool, sockets: Sockets) -> None:
-        if self.stopping:
+        if self.shutting_down:
             if code == -signal.SIGTERM and not had_started:
                 log.info("worker %d stopped before its app started", pid)
             elif code != 0:
@@ -405,7 +405,7 @@ class Launcher:
         if not had_started:
             log.error("worker %d exited (%d) before the app started: stopping", pid, code)
             self.failed = 1
-            self.stop()
+            self.shut_down()
             return
         now = time.monotonic()
         while self.restarts and now - self.restarts[0] > RESTART_WINDOW:
@@ -415,7 +415,7 @@ class Launcher:
                 "worker %d exited (%d); %d restarts within %.0f s: stopping", pid, code, MAX_RESTARTS, RESTART_WINDOW
             )
             self.failed = 1
-            self.stop()
+            self.shut_down()
             return
         self.restarts.append(now)
         log.warning("worker %d exited (%d) while serving: starting another", pid, code)

@@ -9,7 +9,7 @@ import attrs
 from letta_client import AsyncLetta
 from quart import current_app, request
 
-from pipeline.stop import Stop
+from pipeline.halt import Halt
 
 from .agents import AgentRegistry
 from .bodies import parse_body
@@ -35,7 +35,7 @@ class Services:
     streams: list[AsyncLetta]
     """Clients whose pools carry the open streams, used in turn."""
     canceller: RunCanceller
-    """Where runs to stop are queued for cancelling."""
+    """Where runs to cancel are queued."""
     host: TurnHost
     """This process's turns and the shared turn state (:mod:`app.turn_host`)."""
     metrics: StreamMetrics
@@ -43,8 +43,8 @@ class Services:
         default=attrs.Factory(lambda self: ConversationIndex(self.client), takes_self=True)
     )
     """OpenWebUI chat → Letta conversation (:mod:`app.conversations`)."""
-    draining: Stop = attrs.Factory(Stop)
-    """Set when the server is stopping: open streams end (resumably), new ones are refused."""
+    draining: Halt = attrs.Factory(Halt)
+    """Set when the server drains (it is shutting down): open streams end (resumably), new ones are refused."""
     _next: int = 0
 
     def stream_client(self) -> AsyncLetta:

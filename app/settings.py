@@ -46,7 +46,7 @@ class Settings:
     frame waits its window, which adds the window to the first text)."""
     keepalive_interval: float = _env("STREAM_KEEPALIVE_SECONDS", 15.0)
     cancel_timeout: float = _env("LETTA_CANCEL_TIMEOUT_SECONDS", 30.0)
-    """How long an abandoned stream keeps trying to cancel its run (a burst of disconnects queues them)."""
+    """How long a stream closed before its end keeps trying to cancel its run (a burst of disconnects queues them)."""
     letta_max_connections: int = _env("LETTA_MAX_CONNECTIONS", 4096)
     """Open streams the service may hold at once (each holds one connection to Letta)."""
     letta_pool_shards: int = _env("LETTA_POOL_SHARDS", 8)

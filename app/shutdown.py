@@ -1,10 +1,10 @@
-"""What a request meets while the server stops.
+"""What a request meets while the server shuts down.
 
-Stopping itself is the launcher's (:mod:`app.launch`): on SIGTERM/SIGINT each worker
+Shutting down itself is the launcher's (:mod:`app.launch`): on SIGTERM/SIGINT each worker
 first awaits :meth:`app.ServiceEntry.drain`, which ends open streams resumably and hands
 their turns off, and only then lets hypercorn close its connections.  Meanwhile new
 streams are refused with :class:`ShuttingDown` (503), so the client tries again — through
-the balancer, on a replica that is not stopping.
+the balancer, on a replica that is not shutting down.
 """
 
 from __future__ import annotations

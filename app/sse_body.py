@@ -11,7 +11,7 @@ Every frame that is ready when the body writes goes out in one write (the pipeli
 
 ``finalize(entered)`` runs exactly once when the body is done with: after
 ``__aexit__``, or — if the client vanished before the body was ever entered —
-from :meth:`PipelineBody.abandon`, which :class:`app.connection.StreamingConnection`
+from :meth:`PipelineBody.after_response`, which :class:`app.connection.StreamingConnection`
 calls after every response.  Either way it runs shielded from cancellation.
 """
 
@@ -92,7 +92,7 @@ class PipelineBody(ResponseBody):
             return _ReadyFrames(self._frames)
         return self._frames.__aiter__()  # type: ignore[no-any-return]
 
-    async def abandon(self) -> None:
+    async def after_response(self) -> None:
         """Release what the body owns if it was never entered (the client left before it started)."""
         if not self._entered:
             await self._run_finalize(None)

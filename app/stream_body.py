@@ -27,9 +27,9 @@ due and re-armed when it fires early, so a steady stream re-arms it about once p
 Ownership: the body owns the receive end (closed when the body is done), the pump task
 (cancelled and awaited in ``__aexit__``), its registrations with the drain signal and
 the turn host (removed in ``__aexit__``) and its timer, which also bounds Quart's last
-write and is stopped by :meth:`abandon` (the connection handler calls it after every
+write and is disarmed by :meth:`after_response` (the connection handler calls it after every
 response).  :meth:`StreamSession.finalize` runs exactly once: after ``__aexit__``, or
-from :meth:`abandon` when the body was never entered.
+from :meth:`after_response` when the body was never entered.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class StreamBody(ResponseBody, Generic[T]):
             self._last = last
             self._frames.wake()
 
-    async def abandon(self) -> None:
+    async def after_response(self) -> None:
         """After the response (the connection handler calls it): stop the timer, and release what the
         body owns if it was never entered (the client left before it started)."""
         self._disarm()

@@ -34,9 +34,9 @@ from letta_client import AsyncLetta
 
 from pipeline.errors import ConsumerStalled
 from pipeline.events import Error
+from pipeline.halt import Halt
 from pipeline.handoff import HandoffReceive
 from pipeline.sse import SSEEncoder
-from pipeline.stop import Stop
 
 from .frame_ids import FrameId
 from .metrics import StreamMetrics
@@ -66,7 +66,7 @@ class StreamSession:
     control: AsyncLetta | None = None
     """The client a takeover reads Letta's run with."""
     letta_timeout: float = 300.0
-    draining: Stop | None = None
+    draining: Halt | None = None
     resumed: bool = False
     started: float = attrs.field(factory=time.monotonic)
     first_event: float | None = None

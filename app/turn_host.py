@@ -4,18 +4,18 @@ One :class:`TurnHost` per process.  It owns
 
 * the app-lifetime task group in which this process's *runners* (and takeovers) run —
   a turn outlives the HTTP request that started it, so a client that drops does not
-  stop it;
+  end it;
 * one deadline timer: it sleeps until the store's earliest deadline (any replica's),
   then applies ``Expire`` to what is due — whichever process wins the store's atomic
   update performs the cancel, exactly once;
 * one lease loop renewing every turn this process runs; a turn whose lease was taken
-  over by another process is stopped here (``Lost``), without cancelling its run.
+  over by another process has its runner here cancelled (``Lost``), not its run.
 
 Effects: ``Cancel`` goes to the cancel queue; ``Superseded`` cancels this process's
 connection that no longer reads the turn; the others (``Refused``, ``Follow``,
 ``TakeOver``, ``Replay``) are the caller's to act on.
 
-Stopping (:meth:`TurnHost.run` returns): every turn still running here is handed off
+Shutting down (:meth:`TurnHost.run` returns): every turn still running here is handed off
 (``Drain``) — not cancelled: its run goes on in Letta and a client resuming through
 another replica takes it over.
 """
@@ -34,7 +34,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from pipeline.stop import Cancellable
+from pipeline.halt import Cancellable
 
 from .cancels import RunCanceller
 from .metrics import StreamMetrics
@@ -79,14 +79,14 @@ class TurnHost:
     lease: float = 10.0
     """How long a turn's owner may be silent before others treat it as dead."""
     drain_seconds: float = 8.0
-    """When the host stops, how long turns running here may take to end before they are handed off."""
+    """When the process shuts down, how long turns running here may take to end before they are handed off."""
     owner: str = attrs.Factory(process_id)
     metrics: StreamMetrics | None = None
     _tg: TaskGroup | None = attrs.field(default=None, init=False)
     _owned: dict[str, _Owned] = attrs.field(factory=dict, init=False)
     _readers: dict[str, Cancellable] = attrs.field(factory=dict, init=False)
     _idle: anyio.Event = attrs.field(factory=anyio.Event, init=False)
-    stopped: anyio.Event = attrs.field(factory=anyio.Event, init=False)
+    closed: anyio.Event = attrs.field(factory=anyio.Event, init=False)
     """Set once :meth:`run` returned: no turn runs here any more (the cancel queue may close then)."""
 
     async def apply(self, agent_id: str, event: Input) -> Transition:
@@ -134,7 +134,7 @@ class TurnHost:
 
         The task's own handle is what cancels it (no cancel scope of its own: one per open
         stream fewer).  Raises :class:`RuntimeError` when the host is not running (not
-        serving, or stopped).
+        serving, or shut down).
         """
         if self._tg is None:
             raise RuntimeError("the turn host is not running")
@@ -157,7 +157,7 @@ class TurnHost:
         """Renew ``turn_id``'s lease while the caller's task runs it inside this block.
 
         The block is cancelled if the turn is lost to another process, or handed off
-        when the host stops.
+        when the process shuts down.
         """
         scope = anyio.CancelScope()
         self._begin(turn_id, _Owned(agent_id, scope))
@@ -195,15 +195,15 @@ class TurnHost:
 
     # ------------------------------------------------------------ the app-lifetime task
 
-    async def run(self, stopping: Callable[[], Awaitable[object]]) -> None:
-        """Run turns, the deadline timer and the lease loop until ``stopping()`` returns; then hand off."""
+    async def run(self, shutdown: Callable[[], Awaitable[object]]) -> None:
+        """Run turns, the deadline timer and the lease loop until ``shutdown()`` returns; then hand off."""
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._deadlines)
                 tg.start_soon(self._renewals)
                 try:
-                    await stopping()
+                    await shutdown()
                     await self.wait_idle(self.drain_seconds)  # resumers elsewhere follow their logs meanwhile
                 finally:
                     self._tg = None
@@ -211,11 +211,11 @@ class TurnHost:
                         await self._hand_off()
                     tg.cancel_scope.cancel()
         finally:
-            self.stopped.set()
+            self.closed.set()
 
     async def _hand_off(self) -> None:
         for turn_id, owned in list(self._owned.items()):
-            log.info("handing off turn %s (the process stops; a resume elsewhere takes it over)", turn_id)
+            log.info("handing off turn %s (the process shuts down; a resume elsewhere takes it over)", turn_id)
             await self.apply_shielded(owned.agent_id, Drain(turn_id, self.owner, self.grace))
             owned.work.cancel()
 
@@ -266,5 +266,5 @@ class TurnHost:
             # short), or the turn was given up and its run cancelled (the runner ends with Letta's stream)
             return
         if self._owned.get(turn_id) is owned:
-            log.warning("turn %s was taken over by %s: stopping its runner here", turn_id, transition.record.owner)
+            log.warning("turn %s was taken over by %s: cancelling its runner here", turn_id, transition.record.owner)
             owned.work.cancel()

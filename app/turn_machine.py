@@ -6,7 +6,7 @@ frees its agents — is a transition here, and nowhere else.  :func:`step` takes
 agent's current :class:`TurnRecord` (or ``None``: idle), one input and the time, and
 returns the new record and the *effects* the caller must perform (cancel this run,
 take over that turn, ...).  It does no IO: a store applies it atomically to the shared
-record (:mod:`app.store`), and the driver (:mod:`app.turn_driver`) performs the effects.
+record (:mod:`app.store`), and the driver (:mod:`app.turn_host`) performs the effects.
 
 The states of an agent::
 
@@ -153,7 +153,7 @@ class Finish:
 
 @attrs.frozen
 class Drain:
-    """The owner's process is stopping: leave the turn to whoever resumes it (no cancel)."""
+    """The owner's process is shutting down: leave the turn to whoever resumes it (no cancel)."""
 
     turn_id: str
     owner: str

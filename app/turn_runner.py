@@ -8,10 +8,10 @@ never waited for) and hands it to the live client, if one is attached.
 
 * The live client is a hand-over (:mod:`pipeline.handoff`) of one batch: while the client reads
   slowly the throttle merges text (backpressure); when the client goes away the
-  runner just stops handing frames out and goes on logging — the turn keeps running
+  runner just hands no more frames out and goes on logging — the turn keeps running
   for a resume (the grace period is the turn machine's, not the runner's).
 * The runner never cancels the run: cancelling is an effect of the turn machine
-  (stop button, grace over).  When its process stops, the turn is handed off.
+  (stop button, grace over).  When its process shuts down, the turn is handed off.
 * It owns the Letta stream (closed when it ends, whatever ends it), the live send
   end (closed) and the log writer (flushed, then the log is kept ``keep`` seconds);
   after the last frame is in the log the agent is released (``Finish``).
@@ -30,11 +30,11 @@ from anyio.abc import TaskGroup
 from pipeline.compose import run_flow
 from pipeline.events import TERMINAL_TYPES, Event, Keepalive
 from pipeline.flag import Flag
+from pipeline.halt import Halt
 from pipeline.handoff import HandoffSend
 from pipeline.letta_map import LettaMapper
 from pipeline.letta_turn import LettaTurn, letta_source
 from pipeline.sse import SSEEncoder
-from pipeline.stop import Stop
 from pipeline.throttle import Throttle
 
 from .frame_ids import FrameId
@@ -50,7 +50,7 @@ FLUSH_SECONDS = 5.0
 
 
 async def _keep_running(turn: LettaTurn) -> None:
-    """A runner that stops early leaves the run to whoever takes the turn over: no cancel here."""
+    """A runner that ends early (lost, handed off) leaves the run to whoever takes the turn over: no cancel here."""
 
 
 class TurnFramer:
@@ -174,7 +174,7 @@ class TurnRunner:
         At the end the log is flushed and the agent released (``Finish``) *before* the
         terminal frame goes to the live client, so a student who sends the next message
         the moment the answer is done is never refused, and a resume never finds a
-        released turn whose log lacks its end.  A runner stopped before the end leaves
+        released turn whose log lacks its end.  A runner cancelled before the end leaves
         the turn to be taken over.
         """
         meta = LogMeta(self.turn_id, self.turn.agent_id)
@@ -224,11 +224,11 @@ class TurnRunner:
 
             self.turn.on_run = on_run
             tg.start_soon(self._record_run, named, noted)
-        source = partial(letta_source, self.turn, abandon=_keep_running)
-        reading = Stop()  # the terminal frame ends the reading (the flow's own scope: no scope of ours)
+        source = partial(letta_source, self.turn, unfinished=_keep_running)
+        reading = Halt()  # the terminal frame ends the reading (the flow's own scope: no scope of ours)
         handout = _Handout(self, TurnFramer(self.turn_id, self.seq), on_last=reading.set)
         try:
-            await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout, stop=reading)
+            await run_flow(source, self.mapper, Throttle(self.window, leading=self.leading), sink=handout, halt=reading)
         finally:
             noted.set()  # a turn that never named its run: the waiting task ends
         return handout.last

@@ -18,6 +18,7 @@ from .encode import encode_sse
 from .errors import ConsumerStalled
 from .events import Done, Error, Event, Keepalive, Reasoning, Status, Text, ToolCall, ToolResult, Usage
 from .filter import filter_letta
+from .halt import Halt
 from .keepalive import IdleKeepalive, keepalive
 from .letta_map import LettaMapper
 from .letta_raw import RawLettaStream, open_raw_stream
@@ -38,6 +39,7 @@ __all__ = [
     "Done",
     "Error",
     "Event",
+    "Halt",
     "IdleKeepalive",
     "Keepalive",
     "LettaMapper",

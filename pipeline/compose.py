@@ -44,8 +44,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .events import Keepalive
+from .halt import Halt
 from .keepalive import IdleKeepalive
-from .stop import Stop
 from .streams import BatchReceive, BatchSend, Feed, Send, Source, Stage
 from .throttle import ReadySink
 
@@ -190,9 +190,9 @@ async def open_flow(
 
 
 async def run_flow(
-    source: Source, *parts: Stage | Feed | Boundary, sink: Send, batch: int = 64, stop: Stop | None = None
+    source: Source, *parts: Stage | Feed | Boundary, sink: Send, batch: int = 64, halt: Halt | None = None
 ) -> None:
-    """Run ``source`` → ``parts`` into ``sink`` until the source ends or ``stop`` is set; the last task is the caller's.
+    """Run ``source`` → ``parts`` into ``sink`` until the source ends or ``halt`` is set; the last task is the caller's.
 
     ``parts`` as for :func:`open_flow`, but no keepalive (there is no reader) and no pure
     step after the last stage or boundary (fuse it into ``sink``).  The last stage or
@@ -200,7 +200,7 @@ async def run_flow(
     to ``sink.send_nowait`` from its upstream's task (it raises :class:`anyio.WouldBlock`
     when it cannot take one at once).  ``sink`` is closed when the flow ends.  An
     exception in any part (or in ``sink``) cancels the others and is raised here; when the
-    caller's scope is cancelled, every part is cancelled and waited for.  Setting ``stop``
+    caller's scope is cancelled, every part is cancelled and waited for.  Setting ``halt``
     (also from inside ``sink``, e.g. on a last item) cancels every part the same way, and
     ``run_flow`` returns normally: the flow's own scope is the one cancelled, no scope of the caller's.
     """
@@ -209,18 +209,18 @@ async def run_flow(
     if parts and is_step(parts[-1]):
         raise ValueError("a pure step after the last stage has no task to run in: fuse it into the sink")
     if _inline(parts, sink):
-        await _run_inline(source, parts, sink, stop)  # type: ignore[arg-type]
+        await _run_inline(source, parts, sink, halt)  # type: ignore[arg-type]
         return
     async with anyio.create_task_group() as tg:
-        if stop is not None:
-            stop.add(tg.cancel_scope)
+        if halt is not None:
+            halt.add(tg.cancel_scope)
         try:
             task, _, _ = _wire(tg, source, parts, batch)
             with sink:
                 await task(sink)  # returns once its input ended: the parts before it end (and clean up) on their own
         finally:
-            if stop is not None:
-                stop.discard(tg.cancel_scope)
+            if halt is not None:
+                halt.discard(tg.cancel_scope)
 
 
 def _inline(parts: tuple[Stage | Feed | Boundary, ...], sink: Send) -> bool:
@@ -235,16 +235,16 @@ def _inline(parts: tuple[Stage | Feed | Boundary, ...], sink: Send) -> bool:
     )
 
 
-async def _run_inline(source: Source, parts: tuple[Any, ...], sink: ReadySink, stop: Stop | None) -> None:
+async def _run_inline(source: Source, parts: tuple[Any, ...], sink: ReadySink, halt: Halt | None) -> None:
     """:func:`run_flow` with no task: the source runs in the caller's task, the boundary's writer on loop
     callbacks (:class:`~pipeline.throttle.InlineWriter`).  The same contract: errors come as an exception
-    group, ``stop`` and the caller's cancellation cancel the source, ``sink`` is closed at the end."""
+    group, ``halt`` and the caller's cancellation cancel the source, ``sink`` is closed at the end."""
     *steps, boundary = parts
     link, writer = boundary.open_inline(fuse(*steps) if steps else None, sink)
     failure: BaseException | None = None
     with sink:  # type: ignore[attr-defined]
         try:
-            with stop.watching() if stop is not None else anyio.CancelScope() as scope:
+            with halt.watching() if halt is not None else anyio.CancelScope() as scope:
                 writer.on_error = scope.cancel
                 try:
                     await source(link)  # closes the link when it ends
@@ -252,7 +252,7 @@ async def _run_inline(source: Source, parts: tuple[Any, ...], sink: ReadySink, s
                 except Exception as exc:
                     failure = exc
         finally:
-            writer.stop()
+            writer.close()
     errors = [e for e in (writer.error, failure) if e is not None]
     if errors:
         raise BaseExceptionGroup("the flow failed", errors)

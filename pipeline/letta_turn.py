@@ -5,10 +5,10 @@
 :func:`start_turn` awaits it, so an unknown agent or an unreachable server raises
 *before* anything is streamed (a web view can still answer 404/502).
 
-Closing Letta's stream does not stop the run on the server — the model would keep
+Closing Letta's stream does not end the run on the server — the model would keep
 working for nobody.  :func:`letta_source` therefore cancels the run through Letta's
 cancel API whenever the stream was not read to its end (or hands the turn to an
-``abandon`` hook that may wait a little for the client to come back).
+``unfinished`` hook, which may queue the cancel or leave the run to whoever takes it over).
 
 Letta's background mode (runs kept in Letta's Redis and replayable) is not used: it
 delivers a run's chunks in half-second batches.  The service resumes turns from its own
@@ -35,9 +35,9 @@ from letta_client import (
 
 from .content import Image, letta_input
 from .events import Error
+from .halt import Halt
 from .letta_raw import RawLettaStream, open_raw_stream
 from .source import CLOSE_TIMEOUT, aclose_quietly, read_pushed, read_source
-from .stop import Stop
 from .streams import Send
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class LettaTurn:
             self.on_run(run_id)
 
     async def cancel_run(self) -> None:
-        """Ask Letta to stop this turn's run (all of the agent's runs if the id is not known yet)."""
+        """Ask Letta to cancel this turn's run (all of the agent's runs if the id is not known yet)."""
         client = self.control or self.client
         await client.agents.messages.cancel(self.agent_id, run_ids=[self.run_id] if self.run_id else omit)
 
@@ -177,8 +177,8 @@ def describe_upstream_error(exc: Exception) -> Error:
     return Error(f"Reading the agent's stream failed: {type(exc).__name__}", "upstream_failed")
 
 
-Abandon = Callable[[LettaTurn], Awaitable[None]]
-"""What to do with a turn nobody reads to the end (by default: cancel its run now)."""
+Unfinished = Callable[[LettaTurn], Awaitable[None]]
+"""What to do with a turn whose reading ended before its end (by default: cancel its run now)."""
 
 
 SHUTTING_DOWN = Error("The service is restarting. Please send your message again in a moment.", "shutting_down")
@@ -189,36 +189,36 @@ async def letta_source(
     send: Send,
     *,
     cancel_timeout: float = CLOSE_TIMEOUT,
-    abandon: Abandon | None = None,
-    stop: Stop | None = None,
+    unfinished: Unfinished | None = None,
+    halt: Halt | None = None,
 ) -> None:
-    """Read ``turn`` into ``send``; unless it was read to the end, abandon it; close it.
+    """Read ``turn`` into ``send``; if it was not read to its end, cancel its run (or call ``unfinished``); close it.
 
     An upstream failure becomes one :class:`Error` item, so the stream ends with an
-    ``error`` event instead of breaking.  Abandoning cancels the run (``abandon``
-    replaces that, e.g. to queue the cancel); then the stream's connection is
+    ``error`` event instead of breaking.  A turn not read to its end has its run cancelled
+    (``unfinished(turn)`` replaces that, e.g. to queue the cancel); then the stream's connection is
     released.  Both are shielded from the cancellation that may have caused them and
-    bounded in time.  When ``stop`` is set, the turn ends with a ``shutting_down`` error
-    event (and is abandoned like any other).
+    bounded in time.  When ``halt`` is set, the turn ends with a ``shutting_down`` error
+    event (and, not read to its end, has its run cancelled like any other).
     """
     finished = False
     try:
         pushing = turn.pushing()
         if pushing is not None:  # Letta's bytes handed over by the connection's callbacks: no task step per chunk
             finished = await read_pushed(
-                pushing, send, on_error=describe_upstream_error, stop=stop, on_stop=lambda: SHUTTING_DOWN
+                pushing, send, on_error=describe_upstream_error, halt=halt, on_halt=lambda: SHUTTING_DOWN
             )
         else:
             finished = await read_source(
-                turn.chunks(), send, on_error=describe_upstream_error, stop=stop, on_stop=lambda: SHUTTING_DOWN
+                turn.chunks(), send, on_error=describe_upstream_error, halt=halt, on_halt=lambda: SHUTTING_DOWN
             )
     finally:
         if not finished:
-            if abandon is None:
+            if unfinished is None:
                 await _cancel_run(turn, cancel_timeout)
             else:
                 with anyio.move_on_after(cancel_timeout, shield=True):
-                    await abandon(turn)
+                    await unfinished(turn)
         await aclose_quietly(turn)
 
 
@@ -226,7 +226,7 @@ async def _cancel_run(turn: LettaTurn, within: float) -> None:
     with anyio.move_on_after(within, shield=True) as waited:
         try:
             await turn.cancel_run()
-        except Exception as exc:  # the turn is being abandoned: report, don't mask the cause
+        except Exception as exc:  # the turn ends unread: report, don't mask the cause
             log.warning("cancelling Letta run %s failed: %r", turn.run_id, exc)
     if waited.cancelled_caught:
         log.warning("cancelling Letta run %s timed out after %s s", turn.run_id, within)

@@ -12,11 +12,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .compose import open_flow, open_pipeline
 from .encode import encode_sse
 from .filter import filter_letta
+from .halt import Halt
 from .keepalive import IdleKeepalive, keepalive
 from .letta_map import LettaMapper
-from .letta_turn import Abandon, LettaTurn, letta_source
+from .letta_turn import LettaTurn, Unfinished, letta_source
 from .sse import SSEEncoder
-from .stop import Stop
 from .streams import Feed, Receive, Stage
 from .tap import Observe, tap
 from .throttle import Throttle, throttle
@@ -58,8 +58,8 @@ def letta_sse(
     send_timeout: float | None = None,
     observe: Callable[[Any], object] | None = None,
     cancel_timeout: float = 5.0,
-    abandon: Abandon | None = None,
-    stop: Stop | None = None,
+    unfinished: Unfinished | None = None,
+    halt: Halt | None = None,
     buffer: int = 1,
     batch: int = DEFAULT_BATCH,
 ) -> AbstractAsyncContextManager[Receive]:
@@ -80,7 +80,7 @@ def letta_sse(
     if observe is not None:
         parts.append(Observe(observe))
     parts.append(encoder if encoder is not None else SSEEncoder())
-    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon, stop=stop)
+    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, unfinished=unfinished, halt=halt)
     return open_flow(source, *parts, batch=max(batch, buffer), send_timeout=send_timeout)
 
 
@@ -94,8 +94,8 @@ def letta_sse_tasks(
     send_timeout: float | None = None,
     observe: Callable[[Any], object] | None = None,
     cancel_timeout: float = 5.0,
-    abandon: Abandon | None = None,
-    stop: Stop | None = None,
+    unfinished: Unfinished | None = None,
+    halt: Halt | None = None,
     buffer: int = 1,
 ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
     """The same chain with a task per stage and one-item links (the unfused form, for comparison)."""
@@ -107,5 +107,5 @@ def letta_sse_tasks(
     if observe is not None:
         stages.append(partial(tap, observe=observe))
     stages.append(partial(encode_sse, encoder=encoder, send_timeout=send_timeout))
-    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, abandon=abandon, stop=stop)
+    source = partial(letta_source, turn, cancel_timeout=cancel_timeout, unfinished=unfinished, halt=halt)
     return open_pipeline(source, *stages, buffer=buffer)

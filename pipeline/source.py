@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import anyio
 
 from .flag import Flag
-from .stop import Stop
+from .halt import Halt
 from .streams import Send
 
 CLOSE_TIMEOUT = 5.0
@@ -40,18 +40,18 @@ async def read_source(
     send: Send,
     *,
     on_error: Callable[[Exception], Any] | None = None,
-    stop: Stop | None = None,
-    on_stop: Callable[[], Any] | None = None,
+    halt: Halt | None = None,
+    on_halt: Callable[[], Any] | None = None,
 ) -> bool:
     """Send every item of ``items``; return ``True`` if it was read to its end.
 
     With ``on_error``, an exception raised by the iterable becomes one last item
     (``on_error(exc)``) instead of tearing the pipeline down, and ``False`` is
-    returned.  When ``stop`` is set (a server shutting down), reading ends at once,
-    ``on_stop()`` (if given) is sent as the last item, and ``False`` is returned.
+    returned.  When ``halt`` is set (a server shutting down), reading ends at once,
+    ``on_halt()`` (if given) is sent as the last item, and ``False`` is returned.
     Cancellation is never turned into an item.
     """
-    return await _read(partial(_pump, items, send), items, send, on_error, stop, on_stop)
+    return await _read(partial(_pump, items, send), items, send, on_error, halt, on_halt)
 
 
 async def _read(
@@ -59,20 +59,20 @@ async def _read(
     owned: object,
     send: Send,
     on_error: Callable[[Exception], Any] | None,
-    stop: Stop | None,
-    on_stop: Callable[[], Any] | None,
+    halt: Halt | None,
+    on_halt: Callable[[], Any] | None,
 ) -> bool:
-    """Run ``pump`` as :func:`read_source` promises (errors, stop, the end); close ``send`` and ``owned``."""
+    """Run ``pump`` as :func:`read_source` promises (errors, a halt, the end); close ``send`` and ``owned``."""
     with send:
         try:
-            if stop is None:
+            if halt is None:
                 return await _guarded(pump, send, on_error)
             finished: bool | None = None
-            with stop.watching():  # no task: setting the stop cancels this scope
+            with halt.watching():  # no task: setting the halt cancels this scope
                 finished = await _guarded(pump, send, on_error)
-            if finished is None:  # `stop` cancelled the reading
-                if on_stop is not None:
-                    await send.send(on_stop())
+            if finished is None:  # `halt` cancelled the reading
+                if on_halt is not None:
+                    await send.send(on_halt())
                 return False
             return finished
         finally:
@@ -123,8 +123,8 @@ async def read_pushed(
     send: Send,
     *,
     on_error: Callable[[Exception], Any] | None = None,
-    stop: Stop | None = None,
-    on_stop: Callable[[], Any] | None = None,
+    halt: Halt | None = None,
+    on_halt: Callable[[], Any] | None = None,
 ) -> bool:
     """:func:`read_source` for a source that pushes its items: the same contract, without a task step per item.
 
@@ -133,7 +133,7 @@ async def read_pushed(
     order, for this task to send (waiting), before the source resumes.  The source is closed at the end,
     as :func:`read_source` closes its iterable.
     """
-    return await _read(partial(_pump_pushed, source, send), source, send, on_error, stop, on_stop)
+    return await _read(partial(_pump_pushed, source, send), source, send, on_error, halt, on_halt)
 
 
 class _Delivery:

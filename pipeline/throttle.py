@@ -277,7 +277,7 @@ class InlineWriter:
     throttled stream costs no task, no coroutine and no cancel scope for its writer.
 
     Contract: the owner (:func:`pipeline.compose.run_flow`) awaits :meth:`finished` once the
-    upstream closed the link; :meth:`stop` (always, when the flow ends) disarms the timer
+    upstream closed the link; :meth:`close` (always, when the flow ends) disarms the timer
     and makes every later callback a no-op.  An exception from the sink ends the writer:
     it is kept in :attr:`error`, the link's sends raise :class:`anyio.BrokenResourceError`
     and ``on_error`` is called (the owner cancels the flow with it).
@@ -358,7 +358,7 @@ class InlineWriter:
         """Return once everything the closed link held went to the sink (or the writer failed)."""
         await self._done.wait()
 
-    def stop(self) -> None:
+    def close(self) -> None:
         """The flow ended: no more runs, no timer.  Idempotent."""
         if self._timer is not None:
             self._timer.cancel()

@@ -2,7 +2,7 @@
 
 Unlike ``/health`` it does not ask Letta (Letta being down is not a reason to take a
 replica out of rotation: every replica shares the same Letta), and unlike ``/metrics`` it
-needs no token.  It answers 503 once the process is draining (stopping), so a balancer
+needs no token.  It answers 503 once the process is draining (shutting down), so a balancer
 stops sending it new requests before its listeners close.
 """
 

@@ -261,8 +261,8 @@ class CompletionStream:
             letta_source,
             self.turn,
             cancel_timeout=settings.cancel_timeout,
-            abandon=svc.canceller.abandon,  # the client left (no resume here): cancel the run now
-            stop=svc.draining,
+            unfinished=svc.canceller.queue,  # the client left (no resume here): cancel the run now
+            halt=svc.draining,
         )
         async with (
             svc.host.owning(self.agent_id, self.turn_id),

@@ -24,9 +24,9 @@ from app.turn_host import TurnHost
 from app.turn_machine import Adopt, Claim, Finish, Started
 from app.turn_runner import TurnRunner
 from pipeline.events import Done, Error, Text
+from pipeline.halt import Halt
 from pipeline.handoff import HandoffReceive, HandoffSend, create_handoff
 from pipeline.sse import SSEEncoder, decode_events
-from pipeline.stop import Stop
 from tests.collector import alive, collector_held
 
 from .fake_letta import make_fake
@@ -173,8 +173,8 @@ def frame(seq: int, event: Any) -> LogFrame:
 async def test_body_never_entered_detaches_the_turn_with_its_grace() -> None:
     session, host, canceller, metrics = await claimed(grace=5.0)
     body, _ = body_of(session, [frame(1, Text("x"))])
-    await body.abandon()
-    await body.abandon()  # at most once
+    await body.after_response()
+    await body.after_response()  # at most once
     record = await host.store.record(AGENT)
     assert record is not None
     assert record.reader is None
@@ -186,7 +186,7 @@ async def test_body_never_entered_detaches_the_turn_with_its_grace() -> None:
 
 async def test_body_never_entered_with_resume_off_cancels_the_run_at_once() -> None:
     session, host, canceller, metrics = await claimed(grace=0.0)
-    await body_of(session, [frame(1, Text("x"))])[0].abandon()
+    await body_of(session, [frame(1, Text("x"))])[0].after_response()
     assert canceller.submitted == []  # the run is not known yet: it is cancelled as soon as it is
     record = await host.store.record(AGENT)
     assert record is not None
@@ -219,7 +219,7 @@ async def test_a_stalled_client_ends_the_body_quietly_and_detaches() -> None:
             async with body:
                 async for _ in body:
                     await anyio.sleep_forever()  # a write that never finishes
-        await body.abandon()
+        await body.after_response()
     assert write.cancelled_caught
     record = await host.store.record(AGENT)
     assert record is not None
@@ -282,7 +282,7 @@ async def test_frames_that_keep_coming_leave_no_room_for_a_keepalive() -> None:
 
 async def test_draining_ends_the_stream_with_the_restart_comment_and_detaches() -> None:
     session, host, _, metrics = await claimed(grace=5.0)
-    session.draining = draining = Stop()
+    session.draining = draining = Halt()
     body, _ = body_of(session, [frame(1, Text("x"))], close=False)
 
     async def react(chunks: list[bytes]) -> None:
@@ -300,7 +300,7 @@ async def test_draining_ends_the_stream_with_the_restart_comment_and_detaches() 
 
 async def test_a_body_started_while_draining_ends_at_once() -> None:
     session, _, _, _ = await claimed(grace=5.0)
-    session.draining = draining = Stop()
+    session.draining = draining = Halt()
     draining.set()
     chunks = await drive(body_of(session, [frame(1, Text("x"))], close=False)[0])
     assert chunks[-1] == RESTARTING
@@ -334,7 +334,7 @@ async def test_the_last_write_is_under_the_send_timeout_too() -> None:
                 async for _ in body:
                     pass
             await anyio.sleep_forever()  # Quart's final (empty) write to a client that stopped reading
-        await body.abandon()
+        await body.after_response()
     assert write.cancelled_caught
     assert session.ended
 

@@ -202,12 +202,12 @@ def test_an_error_event_mid_stream_becomes_lettas_error_event() -> None:
     turn = LettaTurn(CLIENT, "agent-1", RawLettaStream(CLIENT, body))
     cancelled: list[LettaTurn] = []
 
-    async def abandon(t: LettaTurn) -> None:
+    async def unfinished(t: LettaTurn) -> None:
         cancelled.append(t)
 
     async def run() -> list[Any]:
         send, recv = anyio.create_memory_object_stream[Any](100)
-        await letta_source(turn, send, abandon=abandon)
+        await letta_source(turn, send, unfinished=unfinished)
         mapper = LettaMapper()
         events: list[Any] = []
         with recv:

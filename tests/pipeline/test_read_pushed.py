@@ -2,7 +2,7 @@
 
 Order and nothing lost under backpressure (the source is paused while the sink is full, and what one
 chunk still delivers after the pause waits its turn), the end, failures of the source and of the sink,
-a stop, a cancellation — and the source is closed every time.  Under asyncio and trio.
+a halt, a cancellation — and the source is closed every time.  Under asyncio and trio.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from pipeline.events import Error
+from pipeline.halt import Halt
 from pipeline.source import read_pushed
-from pipeline.stop import Stop
 
 from .fakes import FakePushing
 
@@ -104,21 +104,21 @@ async def test_a_sink_that_went_away_ends_the_reading_quietly_and_pauses_the_sou
     assert source.closed
 
 
-async def test_a_stop_ends_the_reading_with_the_stop_item() -> None:
+async def test_a_halt_ends_the_reading_with_the_halt_item() -> None:
     source = FakePushing()
-    stop = Stop()
+    halt = Halt()
     send, recv = anyio.create_memory_object_stream[Any](10)
     result: list[bool] = []
     async with anyio.create_task_group() as tg:
 
         async def read() -> None:
-            result.append(await read_pushed(source, send, stop=stop, on_stop=lambda: "stopped"))
+            result.append(await read_pushed(source, send, halt=halt, on_halt=lambda: "halted"))
 
         tg.start_soon(read)
         await source.deliver("a")
-        stop.set()
+        halt.set()
     with recv:
-        assert [recv.receive_nowait() for _ in range(2)] == ["a", "stopped"]
+        assert [recv.receive_nowait() for _ in range(2)] == ["a", "halted"]
     assert result == [False]
     assert source.closed
 

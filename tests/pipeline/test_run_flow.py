@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.compose import run_flow
 from pipeline.events import Done, Text
+from pipeline.halt import Halt
 from pipeline.keepalive import IdleKeepalive
 from pipeline.source import read_source
-from pipeline.stop import Stop
 from pipeline.streams import Receive, Send
 from pipeline.throttle import CoalescingSend, InlineWriter, Throttle
 from tests.collector import alive, collector_held
@@ -133,31 +133,31 @@ async def test_what_has_no_task_to_run_in_is_refused() -> None:
         await run_flow(partial(read_source, FakeStream(["a"])), IdleKeepalive(1.0), sink=Sink(nowait=True))
 
 
-async def test_a_stop_set_by_the_sink_ends_the_flow_and_returns_normally() -> None:
+async def test_a_halt_set_by_the_sink_ends_the_flow_and_returns_normally() -> None:
     stream = endless("a")
-    stop = Stop()
+    halt = Halt()
 
     class Last(Sink):
         async def send(self, item: Any) -> None:
             await super().send(item)
             if len(self.items) == 3:
-                stop.set()  # e.g. the terminal item: nothing after it is read
+                halt.set()  # e.g. the terminal item: nothing after it is read
 
     sink = Last(nowait=False)
-    with anyio.fail_after(5):  # not a timing goal: a flow the stop failed to end would never return
-        await run_flow(partial(read_source, stream), relay, sink=sink, stop=stop)
+    with anyio.fail_after(5):  # not a timing goal: a flow the halt failed to end would never return
+        await run_flow(partial(read_source, stream), relay, sink=sink, halt=halt)
     assert sink.items == ["a", "a", "a"]
     assert stream.closed
     assert sink.closed
-    assert stop.watchers == 0  # the flow's scope is forgotten once it ended
+    assert halt.watchers == 0  # the flow's scope is forgotten once it ended
 
 
-async def test_a_stop_set_before_the_flow_starts_ends_it_at_once() -> None:
+async def test_a_halt_set_before_the_flow_starts_ends_it_at_once() -> None:
     stream = endless("a")
-    stop = Stop()
-    stop.set()
+    halt = Halt()
+    halt.set()
     sink = Sink(nowait=False)
-    await run_flow(partial(read_source, stream), relay, sink=sink, stop=stop)
+    await run_flow(partial(read_source, stream), relay, sink=sink, halt=halt)
     assert sink.items == []
     assert stream.closed
     assert sink.closed
@@ -274,22 +274,22 @@ async def test_cancelling_a_flow_into_a_ready_sink_closes_all_and_leaves_no_call
     assert sink.items == taken
 
 
-async def test_a_stop_ends_a_flow_into_a_ready_sink_normally() -> None:
+async def test_a_halt_ends_a_flow_into_a_ready_sink_normally() -> None:
     stream = endless("a")
-    stop = Stop()
+    halt = Halt()
     sink = ReadySink()
 
     async def set_later() -> None:
         await anyio.sleep(0.05)
-        stop.set()
+        halt.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(set_later)
         with anyio.fail_after(5):
-            await run_flow(partial(read_source, stream), Throttle(0.01), sink=sink, stop=stop)
+            await run_flow(partial(read_source, stream), Throttle(0.01), sink=sink, halt=halt)
     assert stream.closed
     assert sink.closed
-    assert stop.watchers == 0
+    assert halt.watchers == 0
 
 
 async def test_a_finished_flow_leaves_nothing_for_the_garbage_collector() -> None:

@@ -12,11 +12,11 @@ from pipeline.compose import open_pipeline
 from pipeline.encode import encode_sse
 from pipeline.events import Done, Error, Event, Keepalive, Reasoning, Status, Text, Usage
 from pipeline.filter import filter_letta
+from pipeline.halt import Halt
 from pipeline.keepalive import keepalive
 from pipeline.letta_turn import letta_source
 from pipeline.source import read_source
 from pipeline.sse import decode_events
-from pipeline.stop import Stop
 from pipeline.streams import Receive, Send
 from pipeline.throttle import throttle
 
@@ -212,7 +212,7 @@ async def test_letta_turn_read_to_the_end_is_closed_but_not_cancelled() -> None:
     assert not turn.cancelled
 
 
-async def test_abandoned_letta_turn_is_cancelled_on_the_server() -> None:
+async def test_a_letta_turn_not_read_to_its_end_is_cancelled_on_the_server() -> None:
     turn = FakeTurn(endless(c.assistant("x")))
     async with open_pipeline(partial(letta_source, turn), filter_letta) as recv:  # type: ignore[arg-type]
         await recv.receive()
@@ -281,31 +281,31 @@ async def test_tap_sees_every_event_in_order_and_passes_it_on() -> None:
     assert seen == items
 
 
-async def test_stop_ends_reading_with_a_last_item_and_closes_the_source() -> None:
-    gate = anyio.Event()  # the source stays idle: only `stop` can end it
+async def test_a_halt_ends_reading_with_a_last_item_and_closes_the_source() -> None:
+    gate = anyio.Event()  # the source stays idle: only `halt` can end it
     stream = FakeStream([Text("never")], gate=gate)
-    stop = Stop()
-    source = partial(read_source, stream, stop=stop, on_stop=lambda: Error("bye", "shutting_down"))
+    halt = Halt()
+    source = partial(read_source, stream, halt=halt, on_halt=lambda: Error("bye", "shutting_down"))
     with anyio.fail_after(10):
         async with open_pipeline(source) as recv:
-            stop.set()
+            halt.set()
             assert await collect(recv) == [Error("bye", "shutting_down")]
     assert stream.closed
 
 
-async def test_stop_never_set_changes_nothing() -> None:
+async def test_a_halt_never_set_changes_nothing() -> None:
     items = [Text("a"), Text("b")]
-    async with open_pipeline(partial(read_source, FakeStream(items), stop=Stop())) as recv:
+    async with open_pipeline(partial(read_source, FakeStream(items), halt=Halt())) as recv:
         assert await collect(recv) == items
 
 
-async def test_stopped_letta_turn_ends_with_shutting_down_and_is_abandoned() -> None:
+async def test_a_halted_letta_turn_ends_with_shutting_down_and_its_run_is_cancelled() -> None:
     from pipeline.letta_turn import SHUTTING_DOWN
 
     turn = FakeTurn(FakeStream([c.assistant("x")], gate=anyio.Event()))
-    stop = Stop()
-    stop.set()
-    async with open_pipeline(partial(letta_source, turn, stop=stop), filter_letta) as recv:  # type: ignore[arg-type]
+    halt = Halt()
+    halt.set()
+    async with open_pipeline(partial(letta_source, turn, halt=halt), filter_letta) as recv:  # type: ignore[arg-type]
         events = await collect(recv)
     assert events == [SHUTTING_DOWN]
     assert turn.cancelled

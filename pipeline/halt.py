@@ -1,15 +1,15 @@
-"""A stop signal many readers watch without a task each.
+"""A halt: a signal that ends many readers at once, without a task each.
 
 A server that drains ends every open stream at once.  Waiting on an event would cost
 each stream a task of its own, for the whole life of the stream, only to notice one
-moment at its end.  A :class:`Stop` instead keeps the cancel scopes of the readers
-watching it; :meth:`Stop.set` cancels them all (from any task of the same thread).
+moment at its end.  A :class:`Halt` instead keeps the cancel scopes of the readers
+watching it; :meth:`Halt.set` cancels them all (from any task of the same thread).
 
-Contract: a scope entered with :meth:`Stop.watching` is cancelled when the stop is set,
+Contract: a scope entered with :meth:`Halt.watching` is cancelled when the halt is set,
 also when it was set before; it is forgotten when its block ends.  Any other object
 with a ``cancel()`` method (a response body that ends itself, say) may watch too:
-:meth:`Stop.add` calls its ``cancel()`` when the stop is set (at once if it is set
-already) until :meth:`Stop.discard`.  :meth:`Stop.set` is idempotent and never waits.
+:meth:`Halt.add` calls its ``cancel()`` when the halt is set (at once if it is set
+already) until :meth:`Halt.discard`.  :meth:`Halt.set` is idempotent and never waits.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import anyio
 
 
 class Cancellable(Protocol):
-    """What watches a stop: ``cancel()`` is called once the stop is set (it must not wait)."""
+    """What watches a halt: ``cancel()`` is called once the halt is set (it must not wait)."""
 
     def cancel(self) -> None: ...
 
 
-class Stop:
+class Halt:
     """A one-way signal: not set, then set for good."""
 
     def __init__(self) -> None:
@@ -38,18 +38,18 @@ class Stop:
         return self._set
 
     def set(self) -> None:
-        """Set the stop: every watcher is cancelled."""
+        """Set the halt: every watcher is cancelled."""
         self._set = True
         for watcher in list(self._watchers):
             watcher.cancel()
 
     @property
     def watchers(self) -> int:
-        """How many scopes and other watchers watch the stop now."""
+        """How many scopes and other watchers watch the halt now."""
         return len(self._watchers)
 
     def add(self, watcher: Cancellable) -> None:
-        """Call ``watcher.cancel()`` when the stop is set (now, if it is set already)."""
+        """Call ``watcher.cancel()`` when the halt is set (now, if it is set already)."""
         self._watchers.add(watcher)
         if self._set:
             watcher.cancel()
@@ -60,7 +60,7 @@ class Stop:
 
     @contextmanager
     def watching(self) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that the stop cancels; ``scope.cancelled_caught`` tells whether it ended the block."""
+        """A cancel scope that the halt cancels; ``scope.cancelled_caught`` tells whether it ended the block."""
         with anyio.CancelScope() as scope:
             if self._set:
                 scope.cancel()
