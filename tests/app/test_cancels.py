@@ -35,15 +35,15 @@ def client(messages: CountingMessages) -> Any:
     return type("Letta", (), {"agents": agents})()
 
 
-async def test_every_submitted_run_is_cancelled_with_bounded_concurrency_and_drained_on_stop() -> None:
+async def test_every_submitted_run_is_cancelled_with_bounded_concurrency_and_drained_on_shutdown() -> None:
     messages = CountingMessages()
     canceller = RunCanceller(client(messages), workers=4)
-    stop = anyio.Event()
+    shutdown = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(canceller.run, stop.wait)
+        tg.start_soon(canceller.run, shutdown.wait)
         for i in range(200):
             canceller.submit(f"agent-{i}", f"run-{i}")
-        stop.set()  # shutdown right away: what is queued is still sent
+        shutdown.set()  # shutdown right away: what is queued is still sent
     assert sorted(messages.cancelled) == sorted((f"agent-{i}", [f"run-{i}"]) for i in range(200))
     assert messages.most_in_flight <= 4
     assert canceller.sent == 200
@@ -52,20 +52,20 @@ async def test_every_submitted_run_is_cancelled_with_bounded_concurrency_and_dra
 async def test_a_failed_cancel_is_counted_and_does_not_stop_the_others() -> None:
     messages = CountingMessages(fail_for={"agent-bad"})
     canceller = RunCanceller(client(messages), workers=2)
-    stop = anyio.Event()
+    shutdown = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(canceller.run, stop.wait)
+        tg.start_soon(canceller.run, shutdown.wait)
         for agent in ("agent-1", "agent-bad", "agent-2"):
             canceller.submit(agent, None)
-        stop.set()
+        shutdown.set()
     assert sorted(a for a, _ in messages.cancelled) == ["agent-1", "agent-2"]
     assert (canceller.sent, canceller.failed) == (2, 1)
 
 
 async def test_after_shutdown_submissions_are_dropped_not_blocking() -> None:
     canceller = RunCanceller(client(CountingMessages()), workers=1)
-    stop = anyio.Event()
-    stop.set()
-    await canceller.run(stop.wait)
+    shutdown = anyio.Event()
+    shutdown.set()
+    await canceller.run(shutdown.wait)
     canceller.submit("agent-late", "run-late")
     assert canceller.dropped == 1

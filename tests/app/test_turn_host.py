@@ -1,4 +1,4 @@
-"""The turn host's lease loop: it stops a runner only when another process took its turn over."""
+"""The turn host's lease loop: it cancels a runner only when another process took its turn over."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 async def test_a_runner_that_finished_is_not_cut_short_while_it_hands_out_the_last_frame() -> None:
     host = TurnHost(MemoryStore(), _Canceller(), grace=5.0, lease=0.3)  # type: ignore[arg-type]
     handed_out, began = anyio.Event(), anyio.Event()
-    stop = anyio.Event()
+    shutdown = anyio.Event()
 
     async def runner() -> None:
         began.set()
@@ -36,30 +36,30 @@ async def test_a_runner_that_finished_is_not_cut_short_while_it_hands_out_the_la
         handed_out.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(host.run, stop.wait)
+        tg.start_soon(host.run, shutdown.wait)
         await anyio.sleep(0.01)
         await host.apply(AGENT, Claim("turn-1", host.owner, "conn-1", host.lease))
         host.start(AGENT, "turn-1", runner)
         with anyio.fail_after(3):
             await began.wait()
             await host.wait_idle(2.0)
-        stop.set()
+        shutdown.set()
     assert handed_out.is_set()
 
 
-async def test_a_runner_whose_turn_was_taken_over_is_stopped() -> None:
+async def test_a_runner_whose_turn_was_taken_over_is_cancelled() -> None:
     host = TurnHost(MemoryStore(), _Canceller(), grace=5.0, lease=0.3)  # type: ignore[arg-type]
-    stopped = anyio.Event()
-    stop = anyio.Event()
+    ended = anyio.Event()
+    shutdown = anyio.Event()
 
     async def runner() -> None:
         try:
             await anyio.sleep(5)
         finally:
-            stopped.set()
+            ended.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(host.run, stop.wait)
+        tg.start_soon(host.run, shutdown.wait)
         await anyio.sleep(0.01)
         await host.apply(AGENT, Claim("turn-1", host.owner, "conn-1", host.lease))
         host.start(AGENT, "turn-1", runner)
@@ -69,5 +69,5 @@ async def test_a_runner_whose_turn_was_taken_over_is_stopped() -> None:
         assert took.record is not None
         assert took.record.owner == "elsewhere"
         with anyio.fail_after(3):
-            await stopped.wait()
-        stop.set()
+            await ended.wait()
+        shutdown.set()
