@@ -7,7 +7,7 @@ timeout).  Two differences, both measured per frame on the service's hot path:
 * The consumer takes *everything pending* at once (:meth:`HandoffReceive.receive_nowait`
   answers a list) and waits with :meth:`HandoffReceive.wait`, which returns when items
   came, when the producer closed, or when anyone called :meth:`HandoffReceive.wake` — a
-  timer callback, a stop signal.  A memory stream's ``receive()`` can only be ended early
+  timer callback, a halt (:mod:`pipeline.halt`).  A memory stream's ``receive()`` can only be ended early
   by cancelling it, i.e. a cancel scope per wait.
 * Nothing that goes through at once costs a checkpoint: a producer whose item fits, and a
   consumer that finds items waiting, do not yield to the event loop.  (A memory stream's
