@@ -19,6 +19,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from app.factory import create_app
+from app.launch import loop_factory
 from app.settings import Settings
 
 
@@ -39,10 +40,13 @@ class ServiceThread:
         *,
         app: Any = None,
         config: Config | None = None,
+        worker_class: str = "asyncio",
     ) -> None:
-        """Serve ``create_app(settings)``, or any ASGI ``app`` given instead; under ``config`` (its bind replaced)."""
+        """Serve ``create_app(settings)``, or any ASGI ``app`` given instead; under ``config`` (its bind replaced),
+        on the event loop ``worker_class`` names (``"asyncio"`` or ``"uvloop"``, as the launcher picks it)."""
         self.port = port or free_port()
         self.config = config
+        self._loop_factory = loop_factory(worker_class)
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app if app is not None else create_app(settings)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,7 +57,8 @@ class ServiceThread:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._serve())
+            with asyncio.Runner(loop_factory=self._loop_factory) as runner:
+                runner.run(self._serve())
         except BaseException as exc:  # reported to the starting thread
             self._error = exc
             self._ready.set()

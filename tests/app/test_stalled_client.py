@@ -1,6 +1,6 @@
 """A client that stops reading, on real hypercorn: its stream ends after the send timeout, its run is
 cancelled (at once with resume off, after the grace with it on), the agent is free, and no task is left
-waiting on its full socket buffer."""
+waiting on its full socket buffer — on asyncio's loop and on uvloop's (``worker_class = "uvloop"``)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def post(port: int, path: str, body: dict[str, Any], *, rcvbuf: int | None = Non
     return sock
 
 
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
 def responses_being_written(service: ServiceThread) -> int:
     """Tasks on the server's loop that are inside Quart's response writing."""
 
@@ -51,15 +55,17 @@ def responses_being_written(service: ServiceThread) -> int:
     return found
 
 
+@pytest.mark.parametrize("worker_class", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("resume", [False, True])
-def test_a_client_that_reads_nothing_is_cut_off_and_leaves_nothing_behind(resume: bool) -> None:
+def test_a_client_that_reads_nothing_is_cut_off_and_leaves_nothing_behind(resume: bool, worker_class: str) -> None:
     letta = make_fake()
     letta.agents.messages.reply = [f" word{i}" * 20 for i in range(100_000)]  # ~14 MB: more than any socket buffer
     letta.store.hold_after = 90_000  # the run is still going when the stream is cut off (~12 MB in)
     settings = Settings(send_timeout=SEND_TIMEOUT, throttle_window=0.0, resume=resume, resume_grace=0.5)
     app = create_app(settings, client=letta)
-    with ServiceThread(app=app) as service:
+    with ServiceThread(app=app, worker_class=worker_class) as service:
         svc = app.extensions["letta_stream"]
+        assert type(service.run(_running_loop())).__module__.split(".")[0] == worker_class
 
         def busy(agent_id: str) -> bool:
             return service.run(svc.host.store.record(agent_id)) is not None
