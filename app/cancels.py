@@ -1,7 +1,7 @@
 """Cancelling Letta runs nobody reads any more, from a queue, a few at a time.
 
-Closing a Letta stream does not end its run, so every stream the client leaves
-before its end ends with a cancel request.  Sent from each stream's own teardown, a burst of
+Closing a Letta stream does not end its run, so a stream the client leaves before
+its end is followed by a cancel request.  Sent from each stream's own teardown, a burst of
 disconnects (a class closing their laptops, a proxy restart) becomes thousands of
 requests at once: the HTTP pool thrashes, per-request time limits fire while the
 requests still wait for a connection, and most cancels never reach Letta.  Here a
