@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             if "classroom" not in skip:
                 print("classroom:", flush=True)
                 picked = {k: v for k, v in services.items() if k in (targets.OURS, comparator.PLAN_POOL)}
-                results["classroom"] = load.classroom(emulator, picked, args.quick, min(runs, 3))
+                with targets.floor(emulator, log_dir / "floor.log") as floor:
+                    picked[targets.FLOOR] = floor
+                    results["classroom"] = load.classroom(emulator, picked, args.quick, min(runs, 3))
         if "scale_out" not in skip:
             print("classroom on the shared turn store (Redis): workers, and the turn log's cost:", flush=True)
             results["scale_out"] = scale_out.run(emulator, args.quick, log_dir)

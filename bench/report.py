@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .targets import FLOOR
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -149,6 +151,14 @@ def _classroom(res: dict[str, Any]) -> list[str]:
         " every delta; `vs plan` = ours / the plan with its pool raised to 4096.",
         "",
     ]
+    if FLOOR in res:
+        out += [
+            f"`{FLOOR}` is the floor (`bench/floor_app.py`): Quart on hypercorn as deployed with nothing of ours"
+            " (a raw connection per stream, a minimal parse, the same 50 ms window; no letta-client, auth, turn log,"
+            " keepalive or cancel). It is a lower bound, not a target: a delay it misses, no app on this stack"
+            " meets on this machine.",
+            "",
+        ]
     plan = res.get(PLAN_POOL)
     rows = []
     for name, m in res.items():
@@ -484,13 +494,19 @@ def _targets(results: dict[str, Any]) -> list[str]:
     if "ours w=50ms" in room and PLAN_POOL in room:
         ours, plan = room["ours w=50ms"], room[PLAN_POOL]
         within = f"<= {CLASS_DELAY_MS:g} ms"
-        add("classroom delay p99", f"{ours['delay_p99_ms']:.1f} ms", within, ours["delay_p99_ms"] <= CLASS_DELAY_MS)
+        floor = room.get(FLOOR)
+        measured = f"{ours['delay_p99_ms']:.1f} ms"
+        if floor:
+            measured += f" (floor {floor['delay_p99_ms']:.1f} ms)"
+        add("classroom delay p99", measured, within, ours["delay_p99_ms"] <= CLASS_DELAY_MS)
         if room.get("class_sizes"):
+            served = [("", "ours w=50ms"), (" vs plan ", PLAN_POOL), (" vs floor ", FLOOR)]
             add(
                 f"classroom: students served with delay p99 {within} (reported)",
-                " vs plan ".join(
-                    f"up to {fit}" if fit else "none"
-                    for fit in (served_in_time(room, "ours w=50ms"), served_in_time(room, PLAN_POOL))
+                "".join(
+                    sep + (f"up to {fit}" if (fit := served_in_time(room, name)) else "none")
+                    for sep, name in served
+                    if name in room
                 ),
                 "-",
                 None,

@@ -19,6 +19,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import attrs
 import httpx
@@ -158,12 +160,17 @@ def main() -> None:
     if args.workers > 0:
         launch(args)  # does not return: this process becomes the launcher (same pid)
     logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "WARNING")))
-    if deployed_config().worker_class == "uvloop":  # as hypercorn's uvloop worker runs the app
+    run_on_deployed_loop(run(args))
+
+
+def run_on_deployed_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on the event loop ``hypercorn.toml`` names (``worker_class``), as hypercorn's worker would."""
+    if deployed_config().worker_class == "uvloop":
         import uvloop
 
-        uvloop.run(run(args))
+        uvloop.run(main)
     else:
-        asyncio.run(run(args))
+        asyncio.run(main)
 
 
 if __name__ == "__main__":

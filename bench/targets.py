@@ -2,8 +2,9 @@
 
 Ours as deployed (``bench/service_proc.py``) with the throttle off and at its default
 50 ms window, and the plan's design (``bench/comparator_app.py``) with letta-client's
-default pool and with the pool raised to 4096.  Adapting the bench to a changed app means
-changing :func:`ours` only.
+default pool and with the pool raised to 4096; for the classroom also the floor
+(``bench/floor_app.py``: the card's stack with nothing of ours).  Adapting the bench to a
+changed app means changing :func:`ours` only.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from .procs import Child
 
 OURS_W0 = "ours w=0"
 OURS = "ours w=50ms"
+FLOOR = "floor (Quart+hypercorn, bare)"
+"""The card's stack with nothing of ours (``bench/floor_app.py``): a lower bound, reported beside the targets."""
 
 
 def ours(emulator: Child, log: Path, *args: str) -> Child:
     """letta-stream in its own process, against the emulator."""
     return Child("bench.service_proc", "--letta", emulator.url, *args, health="/health", log=log)
+
+
+def floor(emulator: Child, log: Path) -> Child:
+    """The floor app in its own process, against the emulator, with the default 50 ms window."""
+    return Child("bench.floor_app", "--letta", emulator.url, health="/health", log=log)
 
 
 @contextlib.contextmanager
