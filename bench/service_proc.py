@@ -29,6 +29,7 @@ from hypercorn.config import Config
 from letta_client import AsyncLetta
 
 from app.factory import create_app
+from app.launch import loop_factory
 from app.settings import Settings
 
 from .client import TOKEN
@@ -164,13 +165,9 @@ def main() -> None:
 
 
 def run_on_deployed_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on the event loop ``hypercorn.toml`` names (``worker_class``), as hypercorn's worker would."""
-    if deployed_config().worker_class == "uvloop":
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
+    """Run ``main`` on the event loop ``hypercorn.toml`` names (``worker_class``), as the launcher picks it."""
+    with asyncio.Runner(loop_factory=loop_factory(deployed_config().worker_class)) as runner:
+        runner.run(main)
 
 
 if __name__ == "__main__":
